@@ -1,0 +1,179 @@
+//! `GET /api/v1/jobs/{id}/events`: the job's event log as Server-Sent Events (resumable with
+//! `Last-Event-ID` or `?after=`), or as a JSON page with `Accept: application/json`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::http::header::ACCEPT;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::auth::Auth;
+use super::jobs::job_id;
+use super::{ApiError, AppState};
+use crate::events::{Event, log};
+use crate::queue::control;
+
+/// Events read per query.
+const PAGE: i64 = 500;
+/// How often a live reader re-reads the log even without a NOTIFY.
+const BACKSTOP: Duration = Duration::from_secs(2);
+
+/// Query of the events endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+fn parse_cursor(raw: &str, field: &str) -> Result<i64, ApiError> {
+    raw.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| {
+            ApiError::invalid_field(
+                field,
+                format!("{field} must be a non-negative integer event id"),
+            )
+        })
+}
+
+fn is_terminal(e: &Event) -> bool {
+    e.kind == "state"
+        && matches!(
+            e.data.get("state").and_then(|s| s.as_str()),
+            Some("succeeded" | "failed" | "cancelled")
+        )
+}
+
+/// SSE or JSON, by `Accept`.
+pub async fn job_events(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let id = job_id(&id)?;
+    let mut after = match q.after.as_deref() {
+        Some(a) => parse_cursor(a, "after")?,
+        None => 0,
+    };
+    if let Some(last) = headers.get("last-event-id") {
+        let raw = last
+            .to_str()
+            .map_err(|_| ApiError::invalid_field("Last-Event-ID", "Last-Event-ID is not valid"))?;
+        after = parse_cursor(raw, "Last-Event-ID")?;
+    }
+    // Project scoping: another project's job is a 404 before anything is read.
+    {
+        let mut conn = state.pool.acquire().await?;
+        control::fetch(&mut conn, auth.0.project_id, id).await?;
+    }
+    let wants_json = headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json") && !v.contains("text/event-stream"));
+    if wants_json {
+        let limit = match q.limit.as_deref() {
+            None => PAGE,
+            Some(s) => match s.parse::<i64>() {
+                Ok(n) if (1..=1000).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::invalid_field(
+                        "limit",
+                        "limit must be an integer from 1 to 1000",
+                    ));
+                }
+            },
+        };
+        let events = log::read_after(&state.pool, id, after, limit).await?;
+        let next = events.last().map_or(after, |e| e.seq);
+        return Ok(Json(json!({ "events": events, "next": next })).into_response());
+    }
+    let stream = tail(state, auth.0.project_id, id, after);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+/// Exactly the events after `after`, then the live tail, ending after the terminal event.
+fn tail(
+    state: AppState,
+    project_id: Uuid,
+    job: Uuid,
+    mut after: i64,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    async_stream(move |tx| async move {
+        let mut sub = state.hub.subscribe(job);
+        loop {
+            let events = match log::read_after(&state.pool, job, after, PAGE).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, %job, "reading events failed; retrying");
+                    sub.changed(BACKSTOP).await;
+                    continue;
+                }
+            };
+            let full_page = events.len() as i64 == PAGE;
+            for e in &events {
+                let data = serde_json::to_string(&e.data).unwrap_or_else(|_| "null".into());
+                let ev = SseEvent::default()
+                    .id(e.seq.to_string())
+                    .event(&e.kind)
+                    .data(data);
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+                after = e.seq;
+                if is_terminal(e) {
+                    return;
+                }
+            }
+            if full_page {
+                continue;
+            }
+            if events.is_empty() {
+                // Resumed past the terminal event: nothing more will come.
+                let done = match state.pool.acquire().await {
+                    Ok(mut conn) => control::fetch(&mut conn, project_id, job)
+                        .await
+                        .map(|j| j.state.is_terminal())
+                        .unwrap_or(true),
+                    Err(_) => false,
+                };
+                if done
+                    && log::read_after(&state.pool, job, after, 1)
+                        .await
+                        .map(|e| e.is_empty())
+                        .unwrap_or(false)
+                {
+                    return;
+                }
+            }
+            sub.changed(BACKSTOP).await;
+        }
+    })
+}
+
+/// A stream fed by a producer task through a small channel; the task stops when the client goes.
+fn async_stream<T, F, Fut>(producer: F) -> impl Stream<Item = T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(producer(tx));
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}

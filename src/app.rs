@@ -1,0 +1,96 @@
+//! Composing a process from its parts: connect and migrate, start the LISTEN hub, build the kind
+//! registry, serve HTTP, run workers. `main` and the tests both start roles through here.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::PgPool;
+
+use crate::api::{self, AppState, Limits};
+use crate::config::Settings;
+use crate::db::pool;
+use crate::events::Hub;
+use crate::kinds::{self, BuiltinDeps, http::NetPolicy};
+use crate::worker::Registry;
+
+/// A connected, migrated database with the process's listener.
+#[derive(Clone)]
+pub struct Services {
+    pub pool: PgPool,
+    pub hub: Hub,
+}
+
+/// Connects a pool to `url`, applies migrations and starts the LISTEN hub.
+pub async fn connect(url: &str, pool_size: u32) -> anyhow::Result<Services> {
+    let pool = pool::connect(url, pool_size)
+        .await
+        .with_context(|| format!("connecting to {}", redact(url)))?;
+    pool::migrate(&pool).await.context("applying migrations")?;
+    let hub = Hub::start(&pool)
+        .await
+        .context("starting LISTEN connection")?;
+    Ok(Services { pool, hub })
+}
+
+/// The built-in kinds with the settings' network policy.
+pub fn builtin_registry(pool: &PgPool, s: &Settings) -> anyhow::Result<Registry> {
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("spool/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("building the HTTP client")?;
+    let deps = BuiltinDeps {
+        pool: pool.clone(),
+        http,
+        net: NetPolicy {
+            allow_loopback: s.http_allow_loopback,
+            allow_private: s.http_allow_private,
+        },
+    };
+    Ok(kinds::register_builtins(Registry::new(), deps))
+}
+
+/// The API state for these services.
+pub fn api_state(svc: &Services, registry: Registry, s: &Settings) -> AppState {
+    AppState {
+        pool: svc.pool.clone(),
+        hub: svc.hub.clone(),
+        registry,
+        limits: Limits {
+            max_args_bytes: s.max_args_bytes,
+        },
+    }
+}
+
+/// Binds `listen` and serves the API until `shutdown` resolves. Returns the bound address through
+/// `bound` before serving, so callers that asked for port 0 learn the port.
+pub async fn serve(
+    state: AppState,
+    listen: SocketAddr,
+    bound: impl FnOnce(SocketAddr),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    bound(listener.local_addr()?);
+    let app = api::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")
+}
+
+/// A database URL with its password hidden, for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

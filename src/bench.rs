@@ -1,0 +1,176 @@
+//! `spool bench`: drain throughput and enqueue-to-start latency, printed as one JSON line.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use serde_json::{Value, json};
+use spool::app;
+use spool::config::{FileConfig, Overrides, Settings};
+use spool::queue::control::has_unfinished;
+use spool::queue::enqueue::enqueue_many;
+use spool::queue::{NewJob, enqueue};
+use spool::worker::{JobContext, JobError, Registry, WorkerRuntime};
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Mode {
+    /// Pre-enqueue N noop jobs, then time the workers draining them.
+    Drain,
+    /// Enqueue one job at a time at a fixed rate; measure enqueue to handler start.
+    Latency,
+}
+
+/// Options of `spool bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "drain")]
+    mode: Mode,
+    /// Jobs for `drain`.
+    #[arg(long, default_value_t = 50_000)]
+    jobs: usize,
+    /// Jobs per second for `latency`.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// Duration of `latency`.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Worker concurrency.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Postgres URL; without it an embedded cluster is started in a temporary directory.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+/// Runs the benchmark and prints its JSON line.
+pub async fn run(b: BenchArgs) -> anyhow::Result<()> {
+    let tmp = std::env::temp_dir().join(format!("spool-bench-{}", std::process::id()));
+    let settings = Settings::resolve(
+        Overrides {
+            database_url: b.database_url.clone(),
+            data_dir: Some(tmp.clone()),
+            ..Overrides::default()
+        },
+        FileConfig::default(),
+    )?;
+    let (url, pg) = crate::cli::database(&settings).await?;
+    let svc = app::connect(&url, 20).await?;
+    let project =
+        spool::projects::ensure(&svc.pool, &format!("bench-{}", uuid::Uuid::new_v4())).await?;
+    let line = match b.mode {
+        Mode::Drain => drain(&svc, &settings, project.id, &b).await?,
+        Mode::Latency => latency(&svc, project.id, &b).await?,
+    };
+    println!("{line}");
+    svc.hub.stop();
+    svc.pool.close().await;
+    drop(pg);
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+fn worker_cfg(b: &BenchArgs) -> spool::worker::WorkerConfig {
+    spool::worker::WorkerConfig {
+        concurrency: b.concurrency,
+        ..Default::default()
+    }
+}
+
+async fn drain(
+    svc: &app::Services,
+    s: &Settings,
+    project: uuid::Uuid,
+    b: &BenchArgs,
+) -> anyhow::Result<Value> {
+    let mut conn = svc.pool.acquire().await?;
+    for chunk in (0..b.jobs).collect::<Vec<_>>().chunks(10_000) {
+        let args: Vec<Value> = chunk.iter().map(|i| json!({ "i": i })).collect();
+        enqueue_many(&mut conn, project, "noop", "default", &args).await?;
+    }
+    drop(conn);
+    sqlx_analyze(svc).await;
+    let registry = app::builtin_registry(&svc.pool, s)?;
+    let start = Instant::now();
+    let rt =
+        WorkerRuntime::start(svc.pool.clone(), svc.hub.clone(), registry, worker_cfg(b)).await?;
+    while has_unfinished(&svc.pool, project).await? {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    rt.shutdown(crate::cli::bench_grace()).await;
+    Ok(json!({
+        "mode": "drain", "jobs": b.jobs, "concurrency": b.concurrency,
+        "seconds": round(elapsed), "jobs_per_s": round(b.jobs as f64 / elapsed),
+    }))
+}
+
+async fn sqlx_analyze(svc: &app::Services) {
+    // Fresh statistics, as autovacuum would have after a real backlog built up.
+    if let Err(e) = spool::db::pool::analyze(&svc.pool).await {
+        tracing::warn!(error = %e, "ANALYZE failed");
+    }
+}
+
+async fn latency(svc: &app::Services, project: uuid::Uuid, b: &BenchArgs) -> anyhow::Result<Value> {
+    let base = Instant::now();
+    let samples = Arc::new(Mutex::new(Vec::<f64>::new()));
+    let seen = Arc::clone(&samples);
+    let registry = Registry::new().register("bench.latency", move |ctx: JobContext| {
+        let started = base.elapsed().as_nanos() as f64;
+        let seen = Arc::clone(&seen);
+        async move {
+            let sent = ctx.args.get("t").and_then(Value::as_f64).unwrap_or(started);
+            if let Ok(mut v) = seen.lock() {
+                v.push((started - sent) / 1e6);
+            }
+            Ok::<_, JobError>(Value::Null)
+        }
+    });
+    let rt =
+        WorkerRuntime::start(svc.pool.clone(), svc.hub.clone(), registry, worker_cfg(b)).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let total = (u64::from(b.rate) * b.seconds) as usize;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(b.rate.max(1))));
+    let mut producers = Vec::with_capacity(total);
+    for _ in 0..total {
+        tick.tick().await;
+        let pool = svc.pool.clone();
+        producers.push(tokio::spawn(async move {
+            let t = base.elapsed().as_nanos() as f64;
+            let mut tx = pool.begin().await?;
+            enqueue(
+                &mut tx,
+                project,
+                &NewJob::new("bench.latency", json!({ "t": t })),
+            )
+            .await?;
+            tx.commit().await?;
+            anyhow::Ok(())
+        }));
+    }
+    for p in producers {
+        p.await.context("producer task")??;
+    }
+    while has_unfinished(&svc.pool, project).await? {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rt.shutdown(crate::cli::bench_grace()).await;
+    let mut v = samples.lock().map(|v| v.clone()).unwrap_or_default();
+    v.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        v.get(((v.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(json!({
+        "mode": "latency", "jobs": v.len(), "rate": b.rate, "seconds": b.seconds,
+        "p50_ms": round(pct(0.50)), "p95_ms": round(pct(0.95)), "p99_ms": round(pct(0.99)),
+        "max_ms": round(v.last().copied().unwrap_or(0.0)),
+    }))
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

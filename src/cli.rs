@@ -1,0 +1,323 @@
+//! Command-line parsing and the role entry points.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use spool::app::{self, Services};
+use spool::config::{FileConfig, Overrides, Settings};
+use spool::db::embedded::{EmbeddedPostgres, LaunchOptions};
+use spool::projects::{self, tokens};
+use spool::worker::WorkerRuntime;
+
+/// Spool: durable, Postgres-backed jobs for AI-agent work.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Web, API and one worker in one process, on an embedded Postgres unless DATABASE_URL is set.
+    Dev(Common),
+    /// The web pages, REST API and SSE streams.
+    Serve(Common),
+    /// Runs jobs.
+    Worker(Common),
+    /// Applies database migrations and exits.
+    Migrate(Common),
+    /// Measures throughput or latency; prints one JSON line.
+    Bench(crate::bench::BenchArgs),
+    /// Manages API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Creates a token (and the project, if missing) and prints it.
+    Create {
+        #[arg(long)]
+        project: String,
+        #[arg(long, default_value = "admin")]
+        scope: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Revokes a token, given the token itself or its id.
+    Revoke {
+        token: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// Settings shared by every command; each flag also reads its environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Path of spool.toml (default: ./spool.toml, then <data-dir>/spool.toml).
+    #[arg(long, env = "SPOOL_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Postgres URL; without it, `dev` and `bench` start an embedded cluster.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// Data directory for the embedded cluster and the admin token.
+    #[arg(long, env = "SPOOL_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// Address the API and pages listen on.
+    #[arg(long, env = "SPOOL_LISTEN", global = true)]
+    listen: Option<String>,
+    /// Jobs run at once by this process's worker.
+    #[arg(long, env = "SPOOL_CONCURRENCY", global = true)]
+    concurrency: Option<usize>,
+    /// Queues this worker claims from, comma-separated.
+    #[arg(long, env = "SPOOL_QUEUES", value_delimiter = ',', global = true)]
+    queues: Option<Vec<String>>,
+    /// Lease length in seconds; heartbeats renew it every third of that.
+    #[arg(long, env = "SPOOL_LEASE_S", global = true)]
+    lease_s: Option<u64>,
+    /// Seconds running jobs get to finish on shutdown before they are handed back.
+    #[arg(long, env = "SPOOL_SHUTDOWN_GRACE_S", global = true)]
+    shutdown_grace_s: Option<u64>,
+    /// Largest accepted job args in bytes.
+    #[arg(long, env = "SPOOL_MAX_ARGS_BYTES", global = true)]
+    max_args_bytes: Option<usize>,
+    /// Database connections per process.
+    #[arg(long, env = "SPOOL_DB_POOL", global = true)]
+    db_pool: Option<u32>,
+    /// Let `http` jobs call loopback addresses (on by default in `dev`).
+    #[arg(long, env = "SPOOL_HTTP_ALLOW_LOOPBACK", global = true)]
+    http_allow_loopback: Option<bool>,
+    /// Let `http` jobs call private and link-local addresses.
+    #[arg(long, env = "SPOOL_HTTP_ALLOW_PRIVATE", global = true)]
+    http_allow_private: Option<bool>,
+    /// First retry delay in milliseconds; doubles per attempt.
+    #[arg(long, env = "SPOOL_RETRY_BASE_MS", global = true)]
+    retry_base_ms: Option<u64>,
+    /// Longest retry delay in seconds.
+    #[arg(long, env = "SPOOL_RETRY_MAX_S", global = true)]
+    retry_max_s: Option<u64>,
+}
+
+impl Common {
+    /// Resolves flags/env over spool.toml over defaults.
+    pub fn settings(&self, dev: bool) -> anyhow::Result<Settings> {
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".spool"));
+        let candidates = [PathBuf::from("spool.toml"), data_dir.join("spool.toml")];
+        let file = FileConfig::load(self.config.as_deref(), &candidates)?;
+        let over = Overrides {
+            database_url: self.database_url.clone(),
+            data_dir: self.data_dir.clone(),
+            listen: self.listen.clone(),
+            concurrency: self.concurrency,
+            queues: self.queues.clone(),
+            lease_s: self.lease_s,
+            shutdown_grace_s: self.shutdown_grace_s,
+            max_args_bytes: self.max_args_bytes,
+            db_pool: self.db_pool,
+            http_allow_loopback: self.http_allow_loopback.or(dev.then_some(true)),
+            http_allow_private: self.http_allow_private,
+            retry_base_ms: self.retry_base_ms,
+            retry_max_s: self.retry_max_s,
+        };
+        Ok(Settings::resolve(over, file)?)
+    }
+}
+
+/// Logs to stderr; `SPOOL_LOG_FORMAT=json` for JSON lines, `RUST_LOG` for the filter.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("SPOOL_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev(c) => dev(c.settings(true)?).await,
+        Command::Serve(c) => serve(c.settings(false)?).await,
+        Command::Worker(c) => worker(c.settings(false)?).await,
+        Command::Migrate(c) => {
+            let s = c.settings(false)?;
+            app::connect(&require_url(&s)?, 2).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Bench(b) => crate::bench::run(b).await,
+        Command::Token(TokenCommand::Create {
+            project,
+            scope,
+            common,
+        }) => {
+            let scope: tokens::Scope = scope.parse().map_err(anyhow::Error::msg)?;
+            let svc = app::connect(&require_url(&common.settings(false)?)?, 2).await?;
+            let p = projects::ensure(&svc.pool, &project).await?;
+            let t = tokens::create(&svc.pool, p.id, scope).await?;
+            println!("{}", t.secret);
+            eprintln!(
+                "token {} for project `{}` with scope `{}`",
+                t.id,
+                p.name,
+                scope.as_str()
+            );
+            Ok(())
+        }
+        Command::Token(TokenCommand::Revoke { token, common }) => {
+            let svc = app::connect(&require_url(&common.settings(false)?)?, 2).await?;
+            if !tokens::revoke(&svc.pool, &token).await? {
+                bail!("no active token matches");
+            }
+            eprintln!("token revoked");
+            Ok(())
+        }
+    }
+}
+
+fn require_url(s: &Settings) -> anyhow::Result<String> {
+    s.database_url.clone().context(
+        "DATABASE_URL is not set (use --database-url, DATABASE_URL or database_url in spool.toml)",
+    )
+}
+
+/// Starts the embedded cluster under `data_dir/pg` unless a URL is configured.
+pub async fn database(s: &Settings) -> anyhow::Result<(String, Option<EmbeddedPostgres>)> {
+    if let Some(url) = &s.database_url {
+        return Ok((url.clone(), None));
+    }
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("creating {}", s.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&s.data_dir)?;
+    let pg = EmbeddedPostgres::start(LaunchOptions {
+        cluster_dir: data_dir.join("pg"),
+        port: None,
+        database: "spool".into(),
+        log_file: None,
+    })
+    .await?;
+    Ok((pg.database_url(), Some(pg)))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Reuses the admin token saved in the data dir while it still works; else makes a new one.
+async fn admin_token(svc: &Services, data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("admin-token");
+    if let Ok(saved) = std::fs::read_to_string(&path) {
+        let saved = saved.trim().to_owned();
+        if tokens::verify(&svc.pool, &saved).await?.is_some() {
+            return Ok(saved);
+        }
+    }
+    let project = projects::ensure(&svc.pool, "default").await?;
+    let t = tokens::create(&svc.pool, project.id, tokens::Scope::Admin).await?;
+    std::fs::write(&path, format!("{}\n", t.secret))
+        .with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(t.secret)
+}
+
+async fn dev(s: Settings) -> anyhow::Result<()> {
+    let (url, mut pg) = database(&s).await?;
+    let svc = app::connect(&url, s.db_pool).await?;
+    let token = admin_token(&svc, &s.data_dir).await?;
+    let registry = app::builtin_registry(&svc.pool, &s)?;
+    let runtime = WorkerRuntime::start(
+        svc.pool.clone(),
+        svc.hub.clone(),
+        registry.clone(),
+        s.worker(),
+    )
+    .await?;
+    let state = app::api_state(&svc, registry, &s);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stop_serving = stop.clone();
+    let served = app::serve(
+        state,
+        s.listen,
+        |addr| {
+            println!("spool dev listening on http://{addr}");
+            println!("admin token (project `default`): {token}");
+            println!("  saved in {}", s.data_dir.join("admin-token").display());
+        },
+        async move { stop_serving.cancelled().await },
+    );
+    tokio::pin!(served);
+    let result = tokio::select! {
+        r = &mut served => r,
+        _ = shutdown_signal() => {
+            eprintln!("shutting down…");
+            stop.cancel();
+            served.await
+        }
+    };
+    runtime.shutdown(s.shutdown_grace).await;
+    svc.hub.stop();
+    svc.pool.close().await;
+    if let Some(pg) = pg.as_mut() {
+        pg.stop()?;
+    }
+    result
+}
+
+async fn serve(s: Settings) -> anyhow::Result<()> {
+    let svc = app::connect(&require_url(&s)?, s.db_pool).await?;
+    let registry = app::builtin_registry(&svc.pool, &s)?;
+    let state = app::api_state(&svc, registry, &s);
+    app::serve(
+        state,
+        s.listen,
+        |addr| println!("spool serve listening on http://{addr}"),
+        shutdown_signal(),
+    )
+    .await
+}
+
+async fn worker(s: Settings) -> anyhow::Result<()> {
+    let svc = app::connect(&require_url(&s)?, s.db_pool).await?;
+    let registry = app::builtin_registry(&svc.pool, &s)?;
+    let runtime =
+        WorkerRuntime::start(svc.pool.clone(), svc.hub.clone(), registry, s.worker()).await?;
+    println!("spool worker {} running", runtime.worker_id());
+    shutdown_signal().await;
+    eprintln!("draining (grace {:?})…", s.shutdown_grace);
+    runtime.shutdown(s.shutdown_grace).await;
+    Ok(())
+}
+
+/// Lets the bench reuse the roles' database resolution.
+pub fn bench_grace() -> Duration {
+    Duration::from_secs(5)
+}

@@ -1,0 +1,18 @@
+//! Spool: a durable, Postgres-backed job system for AI-agent work.
+//!
+//! Dependencies point one way: `api` → domain → `queue`/`events` → `db`. Rust users register
+//! their own kinds on a [`worker::Registry`] and enqueue from their own transactions with
+//! [`enqueue`].
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod events;
+pub mod kinds;
+pub mod projects;
+pub mod queue;
+pub mod worker;
+
+pub use queue::{Enqueued, Job, JobState, NewJob, enqueue};
+pub use worker::{JobContext, JobError, Registry};

@@ -1,0 +1,43 @@
+//! What a handler sees of its job.
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::events::EventSink;
+
+/// One attempt of one job, handed to its handler.
+#[derive(Clone)]
+pub struct JobContext {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub kind: String,
+    pub args: Value,
+    /// 1 for the first attempt.
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) events: EventSink,
+}
+
+impl JobContext {
+    /// Records progress (0–100) with a message; coalesced with other events.
+    pub fn progress(&self, pct: f64, message: &str) {
+        self.events.progress(pct, message);
+    }
+
+    /// Appends a custom event to the job's log; coalesced, written within ~50 ms.
+    pub fn emit(&self, kind: &str, data: Value) {
+        self.events.emit(kind, data);
+    }
+
+    /// Fires when the job is cancelled, times out, loses its lease or the worker shuts down.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Whether the handler has been asked to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}

@@ -1,0 +1,340 @@
+//! REST v1 against a real server and Postgres: idempotency, errors, SSE resume, the http kind.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{env, fast_worker};
+use futures::StreamExt;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn rows(pool: &sqlx::PgPool) -> (i64, i64, i64) {
+    sqlx::query_as("SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM job_events), (SELECT count(*) FROM job_keys)")
+        .fetch_one(pool)
+        .await
+        .expect("counts")
+}
+
+#[tokio::test]
+async fn idempotency_answers_201_then_200_then_409() {
+    let e = env().await;
+    let s = e.serve(e.registry()).await;
+    let body = json!({ "kind": "noop", "args": { "a": 1 }, "idempotency_key": "order-7" });
+    let (st1, first) = s.post("/api/v1/jobs", body.clone()).await;
+    assert_eq!(st1, 201, "{first}");
+    let (st2, second) = s.post("/api/v1/jobs", body).await;
+    assert_eq!(st2, 200, "{second}");
+    assert_eq!(first["id"], second["id"]);
+    let before = rows(&e.svc.pool).await;
+    let (st3, err) = s
+        .post(
+            "/api/v1/jobs",
+            json!({ "kind": "noop", "args": { "a": 2 }, "idempotency_key": "order-7" }),
+        )
+        .await;
+    assert_eq!(st3, 409, "{err}");
+    assert_eq!(err["error"]["code"], "idempotency_conflict");
+    assert_eq!(rows(&e.svc.pool).await, before);
+    assert_eq!(before.0, 1);
+}
+
+#[tokio::test]
+async fn every_error_code_answers_json_and_changes_nothing() {
+    let e = env().await;
+    let s = e.serve(e.registry()).await;
+    let existing = s.enqueue("noop", json!({})).await;
+    let (_, other_token) = {
+        let p = spool::projects::ensure(&e.svc.pool, "other")
+            .await
+            .expect("project");
+        let t = spool::projects::tokens::create(
+            &e.svc.pool,
+            p.id,
+            spool::projects::tokens::Scope::Admin,
+        )
+        .await
+        .expect("token");
+        (p, t.secret)
+    };
+    let other_job = {
+        let r = s
+            .http
+            .post(s.url("/api/v1/jobs"))
+            .bearer_auth(&other_token)
+            .json(&json!({ "kind": "noop", "args": {} }))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.expect("json")["id"]
+            .as_str()
+            .expect("id")
+            .to_owned()
+    };
+    let before = rows(&e.svc.pool).await;
+
+    let raw = |body: &'static str| {
+        s.req(Method::POST, "/api/v1/jobs")
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str, Option<&str>)> = vec![
+        (raw("{not json"), 400, "bad_request", None),
+        (
+            raw(r#"{"kind":"noop","priority":1000}"#),
+            400,
+            "bad_request",
+            Some("priority"),
+        ),
+        (
+            raw(r#"{"kind":"noop","run_at":"tomorrow"}"#),
+            400,
+            "bad_request",
+            Some("run_at"),
+        ),
+        (
+            raw(r#"{"kind":"noop","surprise":1}"#),
+            400,
+            "bad_request",
+            Some("surprise"),
+        ),
+        (
+            raw(r#"{"kind":"sleep","args":{"ms":"long"}}"#),
+            400,
+            "bad_request",
+            Some("args"),
+        ),
+        (
+            raw(r#"{"kind":"http","args":{"url":"ftp://x"}}"#),
+            400,
+            "bad_request",
+            Some("args"),
+        ),
+        (
+            raw(r#"{"kind":"teleport","args":{}}"#),
+            422,
+            "unknown_kind",
+            Some("kind"),
+        ),
+        (s.http.get(s.url("/api/v1/jobs")), 401, "unauthorized", None),
+        (
+            s.http.get(s.url("/api/v1/jobs")).bearer_auth("spool_nope"),
+            401,
+            "unauthorized",
+            None,
+        ),
+        (
+            s.req(
+                Method::GET,
+                &format!("/api/v1/jobs/{}", uuid::Uuid::now_v7()),
+            ),
+            404,
+            "not_found",
+            None,
+        ),
+        (
+            s.req(Method::GET, &format!("/api/v1/jobs/{other_job}")),
+            404,
+            "not_found",
+            None,
+        ),
+        (
+            s.req(Method::POST, &format!("/api/v1/jobs/{other_job}/cancel")),
+            404,
+            "not_found",
+            None,
+        ),
+        (
+            s.req(Method::GET, "/api/v1/jobs/not-a-uuid"),
+            404,
+            "not_found",
+            None,
+        ),
+        (
+            s.req(Method::GET, "/api/v1/jobs?limit=500"),
+            400,
+            "bad_request",
+            Some("limit"),
+        ),
+        (
+            s.req(Method::GET, "/api/v1/jobs?state=sleeping"),
+            400,
+            "bad_request",
+            Some("state"),
+        ),
+        (
+            s.req(
+                Method::GET,
+                &format!("/api/v1/jobs/{existing}/wait?timeout_s=61"),
+            ),
+            400,
+            "bad_request",
+            Some("timeout_s"),
+        ),
+        (
+            s.req(Method::GET, &format!("/api/v1/jobs/{existing}/events"))
+                .header("last-event-id", "x"),
+            400,
+            "bad_request",
+            Some("Last-Event-ID"),
+        ),
+    ];
+    for (i, (req, status, code, field)) in cases.into_iter().enumerate() {
+        let r = req.send().await.expect("send");
+        assert_eq!(r.status().as_u16(), status, "case {i}");
+        let body: Value = r
+            .json()
+            .await
+            .unwrap_or_else(|_| panic!("case {i}: body is not JSON"));
+        assert_eq!(body["error"]["code"], code, "case {i}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "case {i}"
+        );
+        if let Some(f) = field {
+            assert_eq!(body["error"]["field"], f, "case {i}: {body}");
+        }
+    }
+    // 413: args over the 1 MiB default limit.
+    let big = "x".repeat(1024 * 1024 + 10);
+    let (st, body) = s
+        .post(
+            "/api/v1/jobs",
+            json!({ "kind": "noop", "args": { "blob": big } }),
+        )
+        .await;
+    assert_eq!(st, 413, "{body}");
+    assert_eq!(body["error"]["field"], "args");
+    let huge = "y".repeat(3 * 1024 * 1024);
+    let (st, body) = s
+        .post(
+            "/api/v1/jobs",
+            json!({ "kind": "noop", "args": { "blob": huge } }),
+        )
+        .await;
+    assert_eq!(st, 413, "{body}");
+    // 409 on retrying a queued job.
+    let (st, body) = s
+        .post(&format!("/api/v1/jobs/{existing}/retry"), json!({}))
+        .await;
+    assert_eq!(st, 409, "{body}");
+    assert_eq!(
+        rows(&e.svc.pool).await,
+        before,
+        "a rejected request changed stored rows"
+    );
+}
+
+/// Reads SSE frames as (id, event, data) until `max` frames or the stream ends.
+async fn read_sse(resp: reqwest::Response, max: usize) -> Vec<(i64, String, Value)> {
+    let mut out = Vec::new();
+    let mut buf = String::new();
+    let mut stream = resp.bytes_stream();
+    while out.len() < max {
+        let Some(chunk) = stream.next().await else {
+            break;
+        };
+        buf.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            let (mut id, mut ev, mut data) = (None, String::new(), String::new());
+            for line in frame.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse().ok();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    ev = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            if let Some(id) = id {
+                out.push((id, ev, serde_json::from_str(&data).unwrap_or(Value::Null)));
+                if out.len() == max {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_resumes_after_a_dropped_connection_without_loss_or_duplicates() {
+    let e = env().await;
+    let s = e.serve(e.registry()).await;
+    let w = e.worker(e.registry(), fast_worker()).await;
+    let id = s.enqueue("sleep", json!({ "ms": 1500 })).await;
+    let path = format!("/api/v1/jobs/{id}/events");
+    let first = s
+        .req(Method::GET, &path)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("sse");
+    assert_eq!(first.status(), 200);
+    let head = read_sse(first, 5).await;
+    assert_eq!(head.len(), 5);
+    let last = head[4].0;
+    let rest_resp = s
+        .req(Method::GET, &path)
+        .header("accept", "text/event-stream")
+        .header("last-event-id", last.to_string())
+        .send()
+        .await
+        .expect("sse resume");
+    let rest = tokio::time::timeout(Duration::from_secs(20), read_sse(rest_resp, 10_000))
+        .await
+        .expect("stream did not end after the terminal event");
+    w.shutdown(Duration::from_secs(1)).await;
+    let all: Vec<i64> = head.iter().chain(rest.iter()).map(|f| f.0).collect();
+    let expected: Vec<i64> = (1..=all.len() as i64).collect();
+    assert_eq!(
+        all, expected,
+        "seqs must be contiguous, in order, without duplicates"
+    );
+    let (_, kind, data) = rest.last().expect("tail");
+    assert_eq!(kind, "state");
+    assert_eq!(data["state"], "succeeded");
+    assert!(
+        rest.iter().filter(|f| f.1 == "progress").count()
+            + head.iter().filter(|f| f.1 == "progress").count()
+            == 10
+    );
+    // The JSON form of the same log, when asked for explicitly.
+    let json_page: Value = s
+        .req(
+            Method::GET,
+            &format!("/api/v1/jobs/{id}/events?after={last}"),
+        )
+        .header("accept", "application/json")
+        .send()
+        .await
+        .expect("json")
+        .json()
+        .await
+        .expect("json body");
+    let json_seqs: Vec<i64> = json_page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap_or(-1))
+        .collect();
+    let sse_seqs: Vec<i64> = rest.iter().map(|f| f.0).collect();
+    assert_eq!(json_seqs, sse_seqs);
+    assert_eq!(json_page["next"], json!(all.last()));
+    // A reader that resumes after the end gets nothing and the stream closes.
+    let end = s
+        .req(Method::GET, &path)
+        .header("accept", "text/event-stream")
+        .header("last-event-id", all.last().expect("last").to_string())
+        .send()
+        .await
+        .expect("sse");
+    let none = tokio::time::timeout(Duration::from_secs(5), read_sse(end, 10))
+        .await
+        .expect("closed");
+    assert!(none.is_empty());
+}
