@@ -24,6 +24,14 @@ const ROLE: &str = "spool";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 const LOG_TAIL_LINES: usize = 20;
+/// Server settings on the command line, so they win over whatever `postgresql.conf` says.
+/// Durability stays on (`fsync=on`, default `synchronous_commit`): jobs must survive a crash.
+const SERVER_SETTINGS: [&str; 4] = [
+    "listen_addresses=127.0.0.1",
+    "max_connections=300",
+    "fsync=on",
+    "shared_buffers=128MB",
+];
 
 /// Where and how to run the private cluster.
 #[derive(Debug, Clone)]
@@ -104,7 +112,7 @@ impl EmbeddedPostgres {
         prepare_dir(&run_dir, run_as)?;
 
         if !data_dir.join("PG_VERSION").exists() {
-            init_db(&bin, &cluster_dir, &data_dir, run_as)?;
+            init_db(&bin, &cluster_dir, run_as)?;
         }
         remove_stale_pid_file(&data_dir)?;
 
@@ -115,14 +123,7 @@ impl EmbeddedPostgres {
         let log_path = opts
             .log_file
             .unwrap_or_else(|| cluster_dir.join("server.log"));
-        if let Some(parent) = log_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).map_err(io_err(format!("creating {}", parent.display())))?;
-        }
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(io_err(format!("opening {}", log_path.display())))?;
+        let log = open_log(&log_path)?;
         // Only this run's output belongs in a startup error, not an older run's.
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
         let log_err = log
@@ -130,22 +131,13 @@ impl EmbeddedPostgres {
             .map_err(io_err("duplicating the log handle"))?;
 
         let mut cmd = Command::new(bin.join("postgres"));
-        cmd.arg("-D")
-            .arg(&data_dir)
-            .arg("-p")
-            .arg(port.to_string())
-            .args(["-c", "listen_addresses=127.0.0.1"])
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", run_dir.display()))
-            .args([
-                "-c",
-                "max_connections=300",
-                "-c",
-                "fsync=on",
-                "-c",
-                "shared_buffers=128MB",
-            ])
-            .current_dir(&cluster_dir)
+        cmd.arg("-D").arg(&data_dir).arg("-p").arg(port.to_string());
+        cmd.arg("-c")
+            .arg(format!("unix_socket_directories={}", run_dir.display()));
+        for setting in SERVER_SETTINGS {
+            cmd.arg("-c").arg(setting);
+        }
+        cmd.current_dir(&cluster_dir)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -164,32 +156,12 @@ impl EmbeddedPostgres {
             database: opts.database,
         };
         let mut conn = pg.wait_ready(&log_path, log_start).await?;
-        let exists = sqlx::query("SELECT 1 FROM pg_database WHERE datname = $1")
-            .bind(&pg.database)
-            .fetch_optional(&mut conn)
+        ensure_database(&mut conn, &pg.database)
             .await
             .map_err(|source| LaunchError::CreateDatabase {
                 name: pg.database.clone(),
                 source,
-            })?
-            .is_some();
-        if !exists {
-            let sql = format!("CREATE DATABASE {}", quote_ident(&pg.database));
-            match sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&mut conn)
-                .await
-            {
-                Ok(_) => {}
-                // Someone else created it between our check and now: fine.
-                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
-                Err(source) => {
-                    return Err(LaunchError::CreateDatabase {
-                        name: pg.database.clone(),
-                        source,
-                    });
-                }
-            }
-        }
+            })?;
         let _ = conn.close().await;
         Ok(pg)
     }
@@ -214,38 +186,24 @@ impl EmbeddedPostgres {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        let pid = child.id() as libc::pid_t;
-        // SIGINT = fast shutdown: abort sessions, checkpoint, exit. Escalate to immediate
-        // (SIGQUIT), then SIGKILL, so a wedged server cannot hang our exit forever.
-        for (signal, timeout) in [
-            (libc::SIGINT, STOP_TIMEOUT),
-            (libc::SIGQUIT, Duration::from_secs(5)),
-        ] {
-            if child
-                .try_wait()
-                .map_err(io_err("polling postgres"))?
-                .is_some()
-            {
+        // SIGINT = fast shutdown: end sessions, checkpoint, exit.
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our unreaped child, so
+        // it cannot have been recycled.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            let exited = child.try_wait().map_err(io_err("waiting for postgres"))?;
+            if exited.is_some() {
                 return Ok(());
             }
-            // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our unreaped child.
-            unsafe { libc::kill(pid, signal) };
-            let deadline = Instant::now() + timeout;
-            while Instant::now() < deadline {
-                if child
-                    .try_wait()
-                    .map_err(io_err("polling postgres"))?
-                    .is_some()
-                {
-                    return Ok(());
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        // A wedged server must not hang our exit forever; the next start recovers from WAL.
         let _ = child.kill();
         let _ = child.wait();
+        let secs = STOP_TIMEOUT.as_secs();
         Err(LaunchError::Stop(format!(
-            "postmaster {pid} ignored SIGINT and SIGQUIT; killed it"
+            "no exit {secs}s after SIGINT; killed it"
         )))
     }
 
@@ -260,17 +218,17 @@ impl EmbeddedPostgres {
             .username(ROLE)
             .database("postgres")
             .application_name("spool-launcher");
+        let fail = |why: String| {
+            let tail = log_tail(log_path, log_start);
+            LaunchError::Start(format!("{why}; log {}:\n{tail}", log_path.display()))
+        };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait().map_err(io_err("polling postgres"))?
             {
                 self.child = None;
-                let tail = log_tail(log_path, log_start);
-                return Err(LaunchError::Start(format!(
-                    "server exited with {status}; log {}:\n{tail}",
-                    log_path.display()
-                )));
+                return Err(fail(format!("server exited with {status}")));
             }
             let last_error =
                 match tokio::time::timeout(Duration::from_secs(2), opts.connect()).await {
@@ -279,12 +237,10 @@ impl EmbeddedPostgres {
                     Err(_) => "connection attempt timed out".to_string(),
                 };
             if Instant::now() >= deadline {
-                let tail = log_tail(log_path, log_start);
-                return Err(LaunchError::Start(format!(
-                    "not accepting connections on 127.0.0.1:{} after {}s (last error: {last_error}); log {}:\n{tail}",
-                    self.port,
-                    READY_TIMEOUT.as_secs(),
-                    log_path.display()
+                let secs = READY_TIMEOUT.as_secs();
+                return Err(fail(format!(
+                    "no connection on 127.0.0.1:{} after {secs}s (last error: {last_error})",
+                    self.port
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -363,15 +319,13 @@ fn prepare_dir(dir: &Path, run_as: Option<RunAs>) -> Result<PathBuf, LaunchError
     for ancestor in dir.ancestors().skip(1) {
         let meta =
             fs::metadata(ancestor).map_err(io_err(format!("inspecting {}", ancestor.display())))?;
-        let mode = meta.mode();
-        let bit = if meta.uid() == run_as.uid {
-            0o100
-        } else if meta.gid() == run_as.gid {
-            0o010
-        } else {
-            0o001
+        // Approximation: supplementary groups of `postgres` are not considered.
+        let shift = match (meta.uid() == run_as.uid, meta.gid() == run_as.gid) {
+            (true, _) => 6,
+            (false, true) => 3,
+            (false, false) => 0,
         };
-        if mode & bit == 0 {
+        if (meta.mode() >> shift) & 0o1 == 0 {
             return Err(LaunchError::Permission(format!(
                 "{} is not traversable by the `postgres` user (uid {}), which runs PostgreSQL because spool runs as root: \
                  put the cluster directory elsewhere (e.g. under /var/tmp) or run spool as a non-root user",
@@ -398,14 +352,8 @@ fn arm_death_signal(cmd: &mut Command) {
     // signal, so arming it earlier would be silently undone.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGINT as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
+            let signal = libc::SIGINT as libc::c_ulong;
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
             // The parent may have died before the prctl; then nobody would ever stop us.
@@ -417,12 +365,8 @@ fn arm_death_signal(cmd: &mut Command) {
     }
 }
 
-fn init_db(
-    bin: &Path,
-    cluster_dir: &Path,
-    data_dir: &Path,
-    run_as: Option<RunAs>,
-) -> Result<(), LaunchError> {
+fn init_db(bin: &Path, cluster_dir: &Path, run_as: Option<RunAs>) -> Result<(), LaunchError> {
+    let data_dir = cluster_dir.join("data");
     let mut failures = Vec::new();
     // C.UTF-8 sorts like C but handles non-ASCII text; some systems lack it, so fall back.
     for locale in ["C.UTF-8", "C"] {
@@ -430,7 +374,7 @@ fn init_db(
         cmd.args(["-U", ROLE, "--auth=trust", "--encoding=UTF8"])
             .arg(format!("--locale={locale}"))
             .arg("-D")
-            .arg(data_dir)
+            .arg(&data_dir)
             // initdb resolves paths from its cwd, which may be unreadable by the postgres user.
             .current_dir(cluster_dir)
             .stdin(Stdio::null());
@@ -447,7 +391,7 @@ fn init_db(
         ));
         // A failed initdb normally cleans up after itself; make sure the retry starts empty.
         if data_dir.exists() && !data_dir.join("PG_VERSION").exists() {
-            let _ = fs::remove_dir_all(data_dir);
+            let _ = fs::remove_dir_all(&data_dir);
         }
     }
     Err(LaunchError::InitDb(failures.join("\n")))
@@ -473,17 +417,39 @@ fn remove_stale_pid_file(data_dir: &Path) -> Result<(), LaunchError> {
     fs::remove_file(&pid_file).map_err(io_err(format!("removing stale {}", pid_file.display())))
 }
 
+/// Another process may grab the port before the server binds it; startup then fails loudly.
 fn free_port() -> Result<u16, LaunchError> {
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("finding a free port"))?;
-    Ok(listener
-        .local_addr()
-        .map_err(io_err("finding a free port"))?
-        .port())
+    let listener = std::net::TcpListener::bind("127.0.0.1:0");
+    let addr = listener.and_then(|l| l.local_addr());
+    Ok(addr.map_err(io_err("finding a free port"))?.port())
 }
 
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+async fn ensure_database(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    let exists = sqlx::query("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if exists.is_some() {
+        return Ok(());
+    }
+    let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+    match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(conn).await {
+        // 42P04 duplicate_database: a concurrent starter created it first, which is fine.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+fn open_log(path: &Path) -> Result<File, LaunchError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(io_err(format!("creating {}", parent.display())))?;
+    }
+    // Opened by us and handed over as stdout/stderr, so the server's user needs no access.
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_err(format!("opening {}", path.display())))
 }
 
 /// The last lines the server wrote since `from`, for error messages.

@@ -11,7 +11,8 @@ use apalis_core::worker::context::WorkerContext;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tower::layer::util::Identity;
 
-use crate::queue::ClaimedJob;
+use crate::queue::model::Outcome;
+use crate::queue::{ClaimedJob, Finish};
 
 /// A claimed job with the worker slot it occupies; the slot frees when the handler ends.
 pub struct Claimed {
@@ -22,12 +23,14 @@ pub struct Claimed {
 /// Feeds claimed jobs to apalis. The stream ends when the claim loop stops (shutdown).
 pub struct SpoolBackend {
     rx: mpsc::Receiver<Claimed>,
+    /// Where jobs claimed but never dispatched are handed back on close.
+    finishes: mpsc::Sender<Finish>,
 }
 
 impl SpoolBackend {
     /// A backend reading from the claim loop's channel.
-    pub fn new(rx: mpsc::Receiver<Claimed>) -> Self {
-        Self { rx }
+    pub fn new(rx: mpsc::Receiver<Claimed>, finishes: mpsc::Sender<Finish>) -> Self {
+        Self { rx, finishes }
     }
 }
 

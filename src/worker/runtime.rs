@@ -141,12 +141,17 @@ impl WorkerRuntime {
         ];
 
         let worker = WorkerBuilder::new(shared.worker_id.as_str())
-            .backend(SpoolBackend::new(claim_rx))
+            .backend(SpoolBackend::new(claim_rx, shared.finishes.clone()))
             .build(JobService {
                 shared: Arc::clone(&shared),
             });
+        let stopped = stop_claiming.clone();
         let dispatch = tokio::spawn(async move {
-            if let Err(e) = worker.run().await {
+            let signal = async move {
+                stopped.cancelled().await;
+                Ok::<(), std::io::Error>(())
+            };
+            if let Err(e) = worker.run_until(signal).await {
                 tracing::error!(error = %e, "worker dispatch loop ended with an error");
             }
         });

@@ -40,6 +40,12 @@ pub fn settings(url: &str) -> Settings {
 
 /// A fresh database with services and a token.
 pub async fn env() -> Env {
+    if std::env::var("RUST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     let db = db::test_db().await;
     let svc = app::connect(&db.url, 20).await.expect("connect");
     let settings = settings(&db.url);
