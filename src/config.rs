@@ -179,6 +179,8 @@ impl Settings {
             concurrency: self.concurrency,
             lease: self.lease,
             heartbeat: self.lease / 3,
+            // Rescue soon after a lease can have lapsed, but never hammer the database.
+            rescue_interval: (self.lease / 2).clamp(Duration::from_secs(1), Duration::from_secs(5)),
             backoff: self.backoff,
             ..WorkerConfig::default()
         }

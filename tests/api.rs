@@ -338,3 +338,101 @@ async fn sse_resumes_after_a_dropped_connection_without_loss_or_duplicates() {
         .expect("closed");
     assert!(none.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_kind_signs_requests_honours_retry_after_and_fails_4xx_without_retry() {
+    use axum::http::{HeaderMap, StatusCode};
+    use std::sync::{Arc, Mutex};
+    let e = env().await;
+    let secret = spool::projects::signing_secret(&e.svc.pool, e.project)
+        .await
+        .expect("secret");
+    let calls: Arc<Mutex<Vec<(std::time::Instant, bool)>>> = Arc::default();
+    let seen = Arc::clone(&calls);
+    let target = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let seen = Arc::clone(&seen);
+                let secret = secret.clone();
+                async move {
+                    let sig = headers
+                        .get("spool-signature")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    let t: i64 = sig
+                        .split(',')
+                        .find_map(|p| p.strip_prefix("t="))
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(0);
+                    let valid = sig == spool::kinds::http::signature(&secret, t, &body);
+                    let n = {
+                        let mut calls = seen.lock().expect("lock");
+                        calls.push((std::time::Instant::now(), valid));
+                        calls.len()
+                    };
+                    if n == 1 {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            [("retry-after", "1")],
+                            "busy".to_owned(),
+                        )
+                    } else {
+                        (
+                            StatusCode::OK,
+                            [("content-type", "application/json")],
+                            String::from_utf8_lossy(&body).into_owned(),
+                        )
+                    }
+                }
+            }),
+        )
+        .route(
+            "/missing",
+            axum::routing::post(|| async { (StatusCode::NOT_FOUND, "no such hook") }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, target).await });
+    let s = e.serve(e.registry()).await;
+    let w = e.worker(e.registry(), fast_worker()).await;
+    let ok = s
+        .enqueue(
+            "http",
+            json!({ "url": format!("http://{addr}/hook"), "body": { "order": 42 } }),
+        )
+        .await;
+    let bad = s
+        .enqueue(
+            "http",
+            json!({ "url": format!("http://{addr}/missing"), "body": {} }),
+        )
+        .await;
+    let ok_job = s.wait(ok, 30).await;
+    let bad_job = s.wait(bad, 30).await;
+    w.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(ok_job["state"], "succeeded", "{ok_job}");
+    assert_eq!(ok_job["attempt"], 2);
+    assert_eq!(ok_job["result"]["status"], 200);
+    assert_eq!(ok_job["result"]["body"], json!({ "order": 42 }));
+    let calls = calls.lock().expect("lock");
+    assert_eq!(calls.len(), 2);
+    assert!(
+        calls.iter().all(|c| c.1),
+        "a request carried an invalid signature"
+    );
+    assert!(
+        calls[1].0 - calls[0].0 >= Duration::from_millis(950),
+        "Retry-After was not honoured"
+    );
+    assert_eq!(bad_job["state"], "failed", "{bad_job}");
+    assert_eq!(bad_job["attempt"], 1, "a 404 must not be retried");
+    assert!(
+        bad_job["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("404")
+    );
+}
