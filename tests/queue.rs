@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use spool::queue::claim;
 use spool::queue::enqueue::enqueue_many;
 use spool::queue::model::{Finish, Outcome};
-use spool::queue::{JobState, NewJob, enqueue};
+use spool::queue::{NewJob, enqueue};
 use spool::worker::{JobContext, JobError, Registry, WorkerConfig};
 use uuid::Uuid;
 
@@ -486,5 +486,4 @@ async fn shutdown_hands_running_jobs_back_and_leaves_none_running() {
         .await
         .expect("worker");
     assert_eq!(state, "stopped");
-    let _ = JobState::Queued;
 }

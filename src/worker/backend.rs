@@ -54,11 +54,25 @@ impl Backend for SpoolBackend {
         self.rx.poll_recv(cx).map(|c| c.map(|c| Ok(Task::new(c))))
     }
 
+    /// Jobs still in the channel were claimed but never started: release them at once instead of
+    /// leaving them `running` until their leases lapse.
     fn poll_close(
         &mut self,
         _: &mut Context<'_>,
         _: &WorkerContext,
     ) -> Poll<Result<(), Infallible>> {
+        self.rx.close();
+        while let Ok(Claimed { job, .. }) = self.rx.try_recv() {
+            let finish = Finish {
+                id: job.id,
+                lease_token: job.lease_token,
+                outcome: Outcome::Released,
+            };
+            if let Err(mpsc::error::TrySendError::Full(f)) = self.finishes.try_send(finish) {
+                let tx = self.finishes.clone();
+                tokio::spawn(async move { tx.send(f).await });
+            }
+        }
         Poll::Ready(Ok(()))
     }
 }
