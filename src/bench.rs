@@ -147,28 +147,37 @@ async fn latency(svc: &app::Services, project: uuid::Uuid, b: &BenchArgs) -> any
             )
             .await?;
             tx.commit().await?;
-            anyhow::Ok(())
+            anyhow::Ok((base.elapsed().as_nanos() as f64 - t) / 1e6)
         }));
     }
+    let mut enqueue_ms = Vec::with_capacity(total);
     for p in producers {
-        p.await.context("producer task")??;
+        enqueue_ms.push(p.await.context("producer task")??);
     }
     while has_unfinished(&svc.pool, project).await? {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     rt.shutdown(crate::cli::bench_grace()).await;
-    let mut v = samples.lock().map(|v| v.clone()).unwrap_or_default();
-    v.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        v.get(((v.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let v = sorted(samples.lock().map(|v| v.clone()).unwrap_or_default());
+    let enq = sorted(enqueue_ms);
+    // `enqueue_*` is the caller's own BEGIN/INSERT/COMMIT, which the enqueue-to-start figures include.
     Ok(json!({
         "mode": "latency", "jobs": v.len(), "rate": b.rate, "seconds": b.seconds,
-        "p50_ms": round(pct(0.50)), "p95_ms": round(pct(0.95)), "p99_ms": round(pct(0.99)),
-        "max_ms": round(v.last().copied().unwrap_or(0.0)),
+        "p50_ms": pct(&v, 0.50), "p95_ms": pct(&v, 0.95), "p99_ms": pct(&v, 0.99),
+        "max_ms": pct(&v, 1.0),
+        "enqueue_p50_ms": pct(&enq, 0.50), "enqueue_p99_ms": pct(&enq, 0.99),
     }))
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// The `p` quantile of sorted samples, rounded to microseconds.
+fn pct(v: &[f64], p: f64) -> f64 {
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    round(v.get(i).copied().unwrap_or(0.0))
 }
 
 fn round(x: f64) -> f64 {

@@ -80,7 +80,7 @@ async fn four_runtimes_run_each_of_2000_jobs_exactly_once() {
         w.shutdown(Duration::from_secs(2)).await;
     }
     assert!(done.is_some(), "not all jobs succeeded");
-    let runs = runs.lock().expect("lock");
+    let runs = runs.lock().expect("lock").clone();
     assert_eq!(runs.len(), 2000);
     assert!(runs.values().all(|n| *n == 1), "a job ran more than once");
     let succeeded_events = count(
@@ -100,8 +100,14 @@ async fn four_runtimes_run_each_of_2000_jobs_exactly_once() {
     );
 }
 
-fn recorder() -> (Registry, Arc<Mutex<Vec<(String, Instant)>>>) {
-    let log: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+/// Which job started when.
+type StartLog = Arc<Mutex<Vec<(String, Instant)>>>;
+
+/// (key, position in its key, start, end) of one keyed job.
+type Span = (String, usize, Instant, Instant);
+
+fn recorder() -> (Registry, StartLog) {
+    let log: StartLog = Arc::default();
     let seen = Arc::clone(&log);
     let registry = Registry::new().register("rec", move |ctx: JobContext| {
         let seen = Arc::clone(&seen);
@@ -148,7 +154,7 @@ async fn priority_then_run_at_then_fifo() {
     .await;
     w.shutdown(Duration::from_secs(1)).await;
     assert!(done.is_some());
-    let log = log.lock().expect("lock");
+    let log = log.lock().expect("lock").clone();
     let order: Vec<&str> = log.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(order, ["high", "mid", "low-1", "low-2", "delayed-urgent"]);
     let started_delayed =
@@ -162,7 +168,7 @@ async fn priority_then_run_at_then_fifo() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_sharing_a_key_never_overlap_and_run_fifo() {
     let e = env().await;
-    let spans: Arc<Mutex<Vec<(String, usize, Instant, Instant)>>> = Arc::default();
+    let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
     let seen = Arc::clone(&spans);
     let registry = Registry::new().register("keyed", move |ctx: JobContext| {
         let seen = Arc::clone(&seen);
@@ -209,7 +215,7 @@ async fn jobs_sharing_a_key_never_overlap_and_run_fifo() {
     w1.shutdown(Duration::from_secs(1)).await;
     w2.shutdown(Duration::from_secs(1)).await;
     assert!(done.is_some(), "keyed jobs did not all run");
-    let spans = spans.lock().expect("lock");
+    let spans = spans.lock().expect("lock").clone();
     for key in ["a", "b"] {
         let mut mine: Vec<_> = spans.iter().filter(|s| s.0 == key).collect();
         mine.sort_by_key(|s| s.2);
@@ -254,7 +260,7 @@ async fn retries_back_off_then_fail_with_the_last_error() {
     .await;
     w.shutdown(Duration::from_secs(1)).await;
     assert!(failed.is_some(), "job did not fail");
-    let starts = starts.lock().expect("lock");
+    let starts = starts.lock().expect("lock").clone();
     assert_eq!(starts.len(), 3, "expected exactly 3 attempts");
     let gap1 = starts[1] - starts[0];
     let gap2 = starts[2] - starts[1];

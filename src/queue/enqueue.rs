@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::control::fetch;
-use super::model::{Job, QueueError};
+use super::model::{Job, JobState, QueueError};
 
 /// A job to enqueue. Only `kind` and `args` are required.
 #[derive(Debug, Clone, Default)]
@@ -120,7 +120,8 @@ pub async fn enqueue(
 ) -> Result<Enqueued, QueueError> {
     let id = Uuid::now_v7();
     let queue = job.queue.as_deref().unwrap_or("default");
-    let inserted = sqlx::query_scalar!(
+    let inserted = sqlx::query_as!(
+        Job,
         r#"
         WITH parent AS (
             SELECT coalesce(root_id, id) AS root FROM jobs WHERE id = $11 AND project_id = $2
@@ -131,7 +132,7 @@ pub async fn enqueue(
                    coalesce((SELECT root FROM parent), $1), 1
             WHERE $11::uuid IS NULL OR EXISTS (SELECT 1 FROM parent)
             ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-            RETURNING id, project_id, queue, concurrency_key, run_at
+            RETURNING *
         ), ev AS (
             INSERT INTO job_events (job_id, seq, kind, data)
             SELECT id, 1, 'state', '{"state":"queued"}'::jsonb FROM ins
@@ -140,7 +141,14 @@ pub async fn enqueue(
             SELECT project_id, concurrency_key FROM ins WHERE concurrency_key IS NOT NULL
             ON CONFLICT DO NOTHING
         )
-        SELECT ins.id FROM ins
+        SELECT ins.id AS "id!", ins.project_id AS "project_id!", ins.kind AS "kind!",
+               ins.queue AS "queue!", ins.state AS "state!: JobState", ins.priority AS "priority!",
+               ins.attempt AS "attempt!", ins.max_attempts AS "max_attempts!", ins.args AS "args!",
+               ins.result, ins.error, ins.progress, ins.parent_id, ins.root_id, ins.concurrency_key,
+               ins.idempotency_key, ins.timeout_s, ins.run_at AS "run_at!",
+               ins.cancel_requested_at, ins.created_at AS "created_at!", ins.started_at,
+               ins.finished_at
+        FROM ins
         LEFT JOIN LATERAL (SELECT pg_notify('spool_jobs', ins.queue) WHERE ins.run_at <= now()) n ON true
         "#,
         id,
@@ -159,8 +167,7 @@ pub async fn enqueue(
     .fetch_optional(&mut *conn)
     .await?;
 
-    if let Some(id) = inserted {
-        let created = fetch(&mut *conn, project_id, id).await?;
+    if let Some(created) = inserted {
         return Ok(Enqueued::Created(created));
     }
     // Nothing inserted: either the idempotency key exists, or the named parent does not.

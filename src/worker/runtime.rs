@@ -109,6 +109,7 @@ impl WorkerRuntime {
         let concurrency = cfg.concurrency.max(1);
         let (finish_tx, finish_rx) = mpsc::channel(concurrency * 2 + 1024);
         let shared = Arc::new(Shared {
+            claim_pool: crate::db::pool::claim_pool(&pool, 2),
             pool,
             registry,
             cfg,
@@ -240,7 +241,7 @@ async fn claim_loop(
                 break;
             }
             match claim::claim(
-                &shared.pool,
+                &shared.claim_pool,
                 queue,
                 &shared.worker_id,
                 want as i64,

@@ -51,6 +51,8 @@ impl InFlight {
 /// State shared by the claim loop, the job service, the heartbeat and the completer.
 pub(crate) struct Shared {
     pub pool: PgPool,
+    /// Claims only: commits without waiting for the WAL flush (see `db::pool::claim_pool`).
+    pub claim_pool: PgPool,
     pub registry: Registry,
     pub cfg: WorkerConfig,
     pub worker_id: String,
