@@ -436,3 +436,79 @@ async fn http_kind_signs_requests_honours_retry_after_and_fails_4xx_without_retr
             .contains("404")
     );
 }
+
+#[tokio::test]
+async fn scopes_are_enforced_and_a_revoked_token_stops_working_at_once() {
+    use spool::projects::tokens::{self, Scope};
+    let e = env().await;
+    let s = e.serve(e.registry()).await;
+    let read = tokens::create(&e.svc.pool, e.project, Scope::Read)
+        .await
+        .expect("token");
+    let get = |t: String| {
+        let s = &s;
+        async move {
+            s.http
+                .get(s.url("/api/v1/jobs"))
+                .bearer_auth(t)
+                .send()
+                .await
+                .expect("send")
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(get(read.secret.clone()).await, 200);
+    let r = s
+        .http
+        .post(s.url("/api/v1/jobs"))
+        .bearer_auth(&read.secret)
+        .json(&json!({ "kind": "noop" }))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 403);
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&e.svc.pool)
+        .await
+        .expect("count");
+    assert_eq!(jobs, 0, "a read token enqueued a job");
+    assert!(
+        tokens::revoke(&e.svc.pool, &read.secret)
+            .await
+            .expect("revoke")
+    );
+    assert_eq!(get(read.secret.clone()).await, 401);
+    // Revoking by id works too, and a second revoke finds nothing.
+    let other = tokens::create(&e.svc.pool, e.project, Scope::Write)
+        .await
+        .expect("token");
+    assert!(
+        tokens::revoke(&e.svc.pool, &other.id.to_string())
+            .await
+            .expect("revoke")
+    );
+    assert!(
+        !tokens::revoke(&e.svc.pool, &other.id.to_string())
+            .await
+            .expect("revoke")
+    );
+    assert_eq!(get(other.secret).await, 401);
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT token_hash FROM api_tokens")
+        .fetch_all(&e.svc.pool)
+        .await
+        .expect("hashes");
+    assert!(
+        stored.iter().all(|h| h.len() == 32),
+        "tokens must be stored as SHA-256 hashes"
+    );
+    let plain: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM api_tokens WHERE prefix = $1 AND token_hash = convert_to($2, 'UTF8')",
+    )
+    .bind(&read.secret[..12])
+    .bind(&read.secret)
+    .fetch_one(&e.svc.pool)
+    .await
+    .expect("count");
+    assert_eq!(plain, 0);
+}
