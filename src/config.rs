@@ -10,26 +10,19 @@ use serde::Deserialize;
 use crate::queue::backoff::Backoff;
 use crate::worker::WorkerConfig;
 
-/// Settings as read from `spool.toml`; every key is optional.
+/// Settings as read from `spool.toml`: the same keys as the flags, every one optional.
 #[derive(Debug, Default, Deserialize)]
 pub struct FileConfig {
-    pub database_url: Option<String>,
-    pub listen: Option<String>,
-    pub data_dir: Option<PathBuf>,
-    pub concurrency: Option<usize>,
-    pub queues: Option<Vec<String>>,
-    pub lease_s: Option<u64>,
-    pub shutdown_grace_s: Option<u64>,
-    pub max_args_bytes: Option<usize>,
-    pub db_pool: Option<u32>,
-    pub http_allow_loopback: Option<bool>,
-    pub http_allow_private: Option<bool>,
-    pub retry_base_ms: Option<u64>,
-    pub retry_max_s: Option<u64>,
-    /// Sections later features read (models, workspaces); kept so the file may carry them.
+    #[serde(flatten)]
+    pub values: Overrides,
+    /// Every key in the file; unknown ones (neither settings nor later features' sections) are
+    /// warned about.
     #[serde(flatten)]
     pub other: toml::Table,
 }
+
+/// Keys a `spool.toml` may hold besides the settings: sections later features read.
+const SECTIONS: [&str; 3] = ["models", "workspaces", "default_model"];
 
 /// Errors reading configuration.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +60,7 @@ impl FileConfig {
             source,
         })?;
         for key in cfg.other.keys() {
-            if !matches!(key.as_str(), "models" | "workspaces" | "default_model") {
+            if !Overrides::KEYS.contains(&key.as_str()) && !SECTIONS.contains(&key.as_str()) {
                 tracing::warn!(%key, path = %path.display(), "unknown setting in config file; ignored");
             }
         }
@@ -92,8 +85,8 @@ pub struct Settings {
     pub backoff: Backoff,
 }
 
-/// Values given on the command line or in the environment (clap merges the two).
-#[derive(Debug, Default, Clone)]
+/// One layer of settings: the command line and environment (clap merges the two), or the file.
+#[derive(Debug, Default, Clone, Deserialize)]
 pub struct Overrides {
     pub database_url: Option<String>,
     pub data_dir: Option<PathBuf>,
@@ -110,64 +103,75 @@ pub struct Overrides {
     pub retry_max_s: Option<u64>,
 }
 
+impl Overrides {
+    /// The setting names, as written in `spool.toml`.
+    pub const KEYS: [&str; 13] = [
+        "database_url",
+        "data_dir",
+        "listen",
+        "concurrency",
+        "queues",
+        "lease_s",
+        "shutdown_grace_s",
+        "max_args_bytes",
+        "db_pool",
+        "http_allow_loopback",
+        "http_allow_private",
+        "retry_base_ms",
+        "retry_max_s",
+    ];
+
+    /// This layer, with gaps filled from `below`.
+    pub fn or(self, below: Self) -> Self {
+        Self {
+            database_url: self.database_url.or(below.database_url),
+            data_dir: self.data_dir.or(below.data_dir),
+            listen: self.listen.or(below.listen),
+            concurrency: self.concurrency.or(below.concurrency),
+            queues: self.queues.or(below.queues),
+            lease_s: self.lease_s.or(below.lease_s),
+            shutdown_grace_s: self.shutdown_grace_s.or(below.shutdown_grace_s),
+            max_args_bytes: self.max_args_bytes.or(below.max_args_bytes),
+            db_pool: self.db_pool.or(below.db_pool),
+            http_allow_loopback: self.http_allow_loopback.or(below.http_allow_loopback),
+            http_allow_private: self.http_allow_private.or(below.http_allow_private),
+            retry_base_ms: self.retry_base_ms.or(below.retry_base_ms),
+            retry_max_s: self.retry_max_s.or(below.retry_max_s),
+        }
+    }
+}
+
 impl Settings {
     /// Layers `over` (flags and env) on `file` on the defaults, and checks the result.
     pub fn resolve(over: Overrides, file: FileConfig) -> Result<Self, ConfigError> {
-        let listen_raw = over
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let v = over.or(file.values);
+        let listen_raw = v.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
         let listen = listen_raw.parse().map_err(|e| ConfigError::Invalid {
             key: "listen",
             message: format!("`{listen_raw}` is not host:port ({e})"),
         })?;
-        let concurrency = over.concurrency.or(file.concurrency).unwrap_or(16);
+        let concurrency = v.concurrency.unwrap_or(16);
         if concurrency == 0 {
             return Err(ConfigError::Invalid {
                 key: "concurrency",
                 message: "must be at least 1".into(),
             });
         }
-        let lease = Duration::from_secs(over.lease_s.or(file.lease_s).unwrap_or(30).max(1));
         Ok(Self {
-            database_url: over
-                .database_url
-                .or(file.database_url)
-                .filter(|u| !u.is_empty()),
-            data_dir: over
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from(".spool")),
+            database_url: v.database_url.filter(|u| !u.is_empty()),
+            data_dir: v.data_dir.unwrap_or_else(|| PathBuf::from(".spool")),
             listen,
             concurrency,
-            queues: over
-                .queues
-                .or(file.queues)
-                .unwrap_or_else(|| vec!["default".into()]),
-            lease,
-            shutdown_grace: Duration::from_secs(
-                over.shutdown_grace_s
-                    .or(file.shutdown_grace_s)
-                    .unwrap_or(30),
-            ),
-            max_args_bytes: over
-                .max_args_bytes
-                .or(file.max_args_bytes)
-                .unwrap_or(1024 * 1024),
-            db_pool: over.db_pool.or(file.db_pool).unwrap_or(20).max(2),
-            http_allow_loopback: over
-                .http_allow_loopback
-                .or(file.http_allow_loopback)
-                .unwrap_or(false),
-            http_allow_private: over
-                .http_allow_private
-                .or(file.http_allow_private)
-                .unwrap_or(false),
+            queues: v.queues.unwrap_or_else(|| vec!["default".into()]),
+            lease: Duration::from_secs(v.lease_s.unwrap_or(30).max(1)),
+            shutdown_grace: Duration::from_secs(v.shutdown_grace_s.unwrap_or(30)),
+            max_args_bytes: v.max_args_bytes.unwrap_or(1024 * 1024),
+            db_pool: v.db_pool.unwrap_or(20).max(2),
+            http_allow_loopback: v.http_allow_loopback.unwrap_or(false),
+            http_allow_private: v.http_allow_private.unwrap_or(false),
             backoff: Backoff {
-                base: Duration::from_millis(
-                    over.retry_base_ms.or(file.retry_base_ms).unwrap_or(1000),
-                ),
-                max: Duration::from_secs(over.retry_max_s.or(file.retry_max_s).unwrap_or(3600)),
+                base: Duration::from_millis(v.retry_base_ms.unwrap_or(1000)),
+                max: Duration::from_secs(v.retry_max_s.unwrap_or(3600)),
             },
         })
     }
@@ -184,5 +188,47 @@ impl Settings {
             backoff: self.backoff,
             ..WorkerConfig::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_which_wins_over_defaults() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            listen = "0.0.0.0:9000"
+            concurrency = 4
+            lease_s = 12
+            default_model = "mock"
+            [[models]]
+            name = "mock"
+            "#,
+        )
+        .expect("parse");
+        let over = Overrides {
+            concurrency: Some(9),
+            ..Overrides::default()
+        };
+        let s = Settings::resolve(over, file).expect("resolve");
+        assert_eq!(s.concurrency, 9);
+        assert_eq!(s.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(s.lease, Duration::from_secs(12));
+        assert_eq!(s.db_pool, 20);
+        assert_eq!(s.worker().heartbeat, Duration::from_secs(4));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let over = Overrides {
+            listen: Some("nowhere".into()),
+            ..Overrides::default()
+        };
+        let err = Settings::resolve(over, FileConfig::default()).expect_err("must fail");
+        assert!(err.to_string().contains("listen"), "{err}");
+        let typed: Result<FileConfig, _> = toml::from_str("concurrency = \"many\"");
+        assert!(typed.is_err());
     }
 }

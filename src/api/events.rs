@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::http::header::ACCEPT;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -16,10 +16,10 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::auth::Auth;
-use super::jobs::job_id;
+use super::input::{ValidQuery, bounded};
+use super::jobs::{job_id, load};
 use super::{ApiError, AppState};
 use crate::events::{Event, log};
-use crate::queue::control;
 
 /// Events read per query.
 const PAGE: i64 = 500;
@@ -61,9 +61,8 @@ pub async fn job_events(
     auth: Auth,
     Path(id): Path<String>,
     headers: HeaderMap,
-    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+    ValidQuery(q): ValidQuery<EventsQuery>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let id = job_id(&id)?;
     let mut after = match q.after.as_deref() {
         Some(a) => parse_cursor(a, "after")?,
@@ -76,27 +75,13 @@ pub async fn job_events(
         after = parse_cursor(raw, "Last-Event-ID")?;
     }
     // Project scoping: another project's job is a 404 before anything is read.
-    {
-        let mut conn = state.pool.acquire().await?;
-        control::fetch(&mut conn, auth.0.project_id, id).await?;
-    }
+    load(&state, auth.0.project_id, id).await?;
     let wants_json = headers
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/json") && !v.contains("text/event-stream"));
     if wants_json {
-        let limit = match q.limit.as_deref() {
-            None => PAGE,
-            Some(s) => match s.parse::<i64>() {
-                Ok(n) if (1..=1000).contains(&n) => n,
-                _ => {
-                    return Err(ApiError::invalid_field(
-                        "limit",
-                        "limit must be an integer from 1 to 1000",
-                    ));
-                }
-            },
-        };
+        let limit = bounded(q.limit.as_deref(), "limit", PAGE, 1..=1000)?;
         let events = log::read_after(&state.pool, id, after, limit).await?;
         let next = events.last().map_or(after, |e| e.seq);
         return Ok(Json(json!({ "events": events, "next": next })).into_response());
@@ -145,12 +130,9 @@ fn tail(
             }
             if events.is_empty() {
                 // Resumed past the terminal event: nothing more will come.
-                let done = match state.pool.acquire().await {
-                    Ok(mut conn) => control::fetch(&mut conn, project_id, job)
-                        .await
-                        .map(|j| j.state.is_terminal())
-                        .unwrap_or(true),
-                    Err(_) => false,
+                let done = match load(&state, project_id, job).await {
+                    Ok(j) => j.state.is_terminal(),
+                    Err(e) => e.status == axum::http::StatusCode::NOT_FOUND,
                 };
                 if done
                     && log::read_after(&state.pool, job, after, 1)

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -12,10 +12,11 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::auth::Auth;
-use super::{ApiError, AppState, body};
+use super::input::{self, ValidQuery, bounded};
+use super::{ApiError, AppState};
 use crate::projects::tokens::Scope;
 use crate::queue::control::{self, Cancelled, JobFilter};
-use crate::queue::{Enqueued, JobState, NewJob, enqueue};
+use crate::queue::{Enqueued, Job, JobState, NewJob, enqueue};
 
 /// The body of `POST /api/v1/jobs`.
 #[derive(Debug, Deserialize)]
@@ -102,6 +103,12 @@ impl CreateJob {
     }
 }
 
+/// One job of the caller's project, or a 404.
+pub(super) async fn load(state: &AppState, project_id: Uuid, id: Uuid) -> Result<Job, ApiError> {
+    let mut conn = state.pool.acquire().await?;
+    Ok(control::fetch(&mut conn, project_id, id).await?)
+}
+
 /// `POST /api/v1/jobs`: 201 with a new job, 200 with the job an idempotency key already made.
 pub async fn create(
     State(state): State<AppState>,
@@ -110,7 +117,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Write)?;
     let limit = state.limits.max_args_bytes + 64 * 1024;
-    let input: CreateJob = body::json(req.into_body(), limit).await?;
+    let input: CreateJob = input::json(req.into_body(), limit).await?;
     let job = input.into_new_job(&state)?;
     let mut conn = state.pool.acquire().await?;
     Ok(match enqueue(&mut conn, auth.0.project_id, &job).await? {
@@ -126,8 +133,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
-    let mut conn = state.pool.acquire().await?;
-    let job = control::fetch(&mut conn, auth.0.project_id, id).await?;
+    let job = load(&state, auth.0.project_id, id).await?;
     Ok(Json(job).into_response())
 }
 
@@ -146,21 +152,9 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    ValidQuery(q): ValidQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let limit = match q.limit.as_deref() {
-        None => 50,
-        Some(s) => match s.parse::<i64>() {
-            Ok(n) if (1..=200).contains(&n) => n,
-            _ => {
-                return Err(ApiError::invalid_field(
-                    "limit",
-                    "limit must be an integer from 1 to 200",
-                ));
-            }
-        },
-    };
+    let limit = bounded(q.limit.as_deref(), "limit", 50, 1..=200)?;
     let state_filter = q
         .state
         .as_deref()
@@ -203,8 +197,7 @@ pub async fn cancel(
     auth.require(Scope::Write)?;
     let id = job_id(&id)?;
     let outcome = control::cancel(&state.pool, auth.0.project_id, id).await?;
-    let mut conn = state.pool.acquire().await?;
-    let job = control::fetch(&mut conn, auth.0.project_id, id).await?;
+    let job = load(&state, auth.0.project_id, id).await?;
     let status = match outcome {
         Cancelled::Requested => StatusCode::ACCEPTED,
         Cancelled::Now | Cancelled::Already => StatusCode::OK,
@@ -221,8 +214,7 @@ pub async fn retry(
     auth.require(Scope::Write)?;
     let id = job_id(&id)?;
     control::retry(&state.pool, auth.0.project_id, id).await?;
-    let mut conn = state.pool.acquire().await?;
-    let job = control::fetch(&mut conn, auth.0.project_id, id).await?;
+    let job = load(&state, auth.0.project_id, id).await?;
     Ok(Json(job).into_response())
 }
 
@@ -239,30 +231,15 @@ pub async fn wait(
     State(state): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
-    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+    ValidQuery(q): ValidQuery<WaitQuery>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let secs = match q.timeout_s.as_deref() {
-        None => 30,
-        Some(s) => match s.parse::<u64>() {
-            Ok(n) if n <= 60 => n,
-            _ => {
-                return Err(ApiError::invalid_field(
-                    "timeout_s",
-                    "timeout_s must be an integer from 0 to 60",
-                ));
-            }
-        },
-    };
+    let secs = bounded(q.timeout_s.as_deref(), "timeout_s", 30, 0..=60)? as u64;
     let id = job_id(&id)?;
     // Subscribe before reading, so a finish between the read and the wait still wakes us.
     let mut sub = state.hub.subscribe(id);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
-        let job = {
-            let mut conn = state.pool.acquire().await?;
-            control::fetch(&mut conn, auth.0.project_id, id).await?
-        };
+        let job = load(&state, auth.0.project_id, id).await?;
         let now = tokio::time::Instant::now();
         if job.state.is_terminal() || now >= deadline {
             return Ok(Json(job).into_response());

@@ -4,10 +4,10 @@
 //! SQL. Every error is an [`ApiError`] with a JSON body, and a rejected request changes nothing.
 
 mod auth;
-mod body;
 mod error;
 mod events;
 mod health;
+mod input;
 mod jobs;
 
 use axum::Router;
