@@ -8,7 +8,11 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::PgPool;
 
-use crate::api::{self, AppState, Limits};
+use std::sync::Arc;
+
+use crate::agent::turn::{self, AgentDeps};
+use crate::api::{self, AgentCatalog, AppState, Limits};
+use crate::llm::LlmClient;
 use crate::config::Settings;
 use crate::db::pool;
 use crate::events::Hub;
@@ -50,7 +54,18 @@ pub fn builtin_registry(pool: &PgPool, s: &Settings) -> anyhow::Result<Registry>
             allow_private: s.http_allow_private,
         },
     };
-    Ok(kinds::register_builtins(Registry::new(), deps))
+    let agent = Arc::new(AgentDeps {
+        pool: pool.clone(),
+        llm: LlmClient::new(deps.http.clone(), Duration::from_secs(60)),
+        models: s.models.clone(),
+        workspaces: s.workspaces.clone(),
+        http: deps.http.clone(),
+        allow_loopback: s.http_allow_loopback,
+        allow_private: s.http_allow_private,
+        max_rounds: 8,
+        step_retries: 2,
+    });
+    Ok(turn::register(kinds::register_builtins(Registry::new(), deps), agent))
 }
 
 /// The API state for these services.
@@ -59,6 +74,10 @@ pub fn api_state(svc: &Services, registry: Registry, s: &Settings) -> AppState {
         pool: svc.pool.clone(),
         hub: svc.hub.clone(),
         registry,
+        agent: Arc::new(AgentCatalog {
+            models: s.models.clone(),
+            workspaces: s.workspaces.clone(),
+        }),
         limits: Limits {
             max_args_bytes: s.max_args_bytes,
         },

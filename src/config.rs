@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::llm::config::Models;
 use crate::queue::backoff::Backoff;
+use crate::tools::Workspace;
 use crate::worker::WorkerConfig;
 
 /// Settings as read from `spool.toml`: the same keys as the flags, every one optional.
@@ -83,6 +85,10 @@ pub struct Settings {
     pub http_allow_loopback: bool,
     pub http_allow_private: bool,
     pub backoff: Backoff,
+    /// Models sessions may use (`default_model`, `[[models]]`); only `mock` when none are set.
+    pub models: Models,
+    /// Roots file tools may read (`[[workspaces]]`).
+    pub workspaces: Vec<Workspace>,
 }
 
 /// One layer of settings: the command line and environment (clap merges the two), or the file.
@@ -145,6 +151,11 @@ impl Settings {
     /// Layers `over` (flags and env) on `file` on the defaults, and checks the result.
     pub fn resolve(over: Overrides, file: FileConfig) -> Result<Self, ConfigError> {
         let v = over.or(file.values);
+        let models = Models::from_toml(&file.other).map_err(|message| ConfigError::Invalid { key: "models", message })?;
+        let workspaces: Vec<Workspace> = match file.other.get("workspaces") {
+            Some(w) => w.clone().try_into().map_err(|e: toml::de::Error| ConfigError::Invalid { key: "workspaces", message: e.to_string() })?,
+            None => Vec::new(),
+        };
         let listen_raw = v.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
         let listen = listen_raw.parse().map_err(|e| ConfigError::Invalid {
             key: "listen",
@@ -173,6 +184,8 @@ impl Settings {
                 base: Duration::from_millis(v.retry_base_ms.unwrap_or(1000)),
                 max: Duration::from_secs(v.retry_max_s.unwrap_or(3600)),
             },
+            models,
+            workspaces,
         })
     }
 

@@ -4,14 +4,17 @@
 //! their own kinds on a [`worker::Registry`] and enqueue from their own transactions with
 //! [`enqueue`].
 
+pub mod agent;
 pub mod api;
 pub mod app;
 pub mod config;
 pub mod db;
 pub mod events;
 pub mod kinds;
+pub mod llm;
 pub mod projects;
 pub mod queue;
+pub mod tools;
 pub mod worker;
 
 pub use queue::{Enqueued, Job, JobState, NewJob, enqueue};

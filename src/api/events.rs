@@ -55,6 +55,25 @@ fn is_terminal(e: &Event) -> bool {
         )
 }
 
+/// The resume cursor: `Last-Event-ID` when present, else `?after=`, else 0.
+pub(super) fn cursor_from(headers: &HeaderMap, after: Option<&str>) -> Result<i64, ApiError> {
+    if let Some(last) = headers.get("last-event-id") {
+        let raw = last
+            .to_str()
+            .map_err(|_| ApiError::invalid_field("Last-Event-ID", "Last-Event-ID is not valid"))?;
+        return parse_cursor(raw, "Last-Event-ID");
+    }
+    after.map_or(Ok(0), |a| parse_cursor(a, "after"))
+}
+
+/// Whether the client asked for a JSON page rather than an event stream.
+pub(super) fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json") && !v.contains("text/event-stream"))
+}
+
 /// SSE or JSON, by `Accept`.
 pub async fn job_events(
     State(state): State<AppState>,
@@ -64,23 +83,10 @@ pub async fn job_events(
     ValidQuery(q): ValidQuery<EventsQuery>,
 ) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
-    let mut after = match q.after.as_deref() {
-        Some(a) => parse_cursor(a, "after")?,
-        None => 0,
-    };
-    if let Some(last) = headers.get("last-event-id") {
-        let raw = last
-            .to_str()
-            .map_err(|_| ApiError::invalid_field("Last-Event-ID", "Last-Event-ID is not valid"))?;
-        after = parse_cursor(raw, "Last-Event-ID")?;
-    }
+    let after = cursor_from(&headers, q.after.as_deref())?;
     // Project scoping: another project's job is a 404 before anything is read.
     load(&state, auth.0.project_id, id).await?;
-    let wants_json = headers
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/json") && !v.contains("text/event-stream"));
-    if wants_json {
+    if wants_json(&headers) {
         let limit = bounded(q.limit.as_deref(), "limit", PAGE, 1..=1000)?;
         let events = log::read_after(&state.pool, id, after, limit).await?;
         let next = events.last().map_or(after, |e| e.seq);
@@ -149,7 +155,7 @@ fn tail(
 }
 
 /// A stream fed by a producer task through a small channel; the task stops when the client goes.
-fn async_stream<T, F, Fut>(producer: F) -> impl Stream<Item = T>
+pub(super) fn async_stream<T, F, Fut>(producer: F) -> impl Stream<Item = T>
 where
     T: Send + 'static,
     F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,

@@ -79,6 +79,7 @@ impl CreateJob {
             idempotency_key: self.idempotency_key,
             concurrency_key: self.concurrency_key,
             parent_id: None,
+            stream_id: None,
         };
         job.validate()
             .map_err(|e| ApiError::invalid_field(e.field, e.to_string()))?;

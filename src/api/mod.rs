@@ -9,6 +9,9 @@ mod events;
 mod health;
 mod input;
 mod jobs;
+mod sessions;
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -17,6 +20,8 @@ use sqlx::PgPool;
 pub use error::ApiError;
 
 use crate::events::Hub;
+use crate::llm::config::Models;
+use crate::tools::Workspace;
 use crate::worker::Registry;
 
 /// What request handlers share.
@@ -26,7 +31,16 @@ pub struct AppState {
     pub hub: Hub,
     /// Kinds the API accepts, with their args checks.
     pub registry: Registry,
+    /// Models and workspaces sessions may name.
+    pub agent: Arc<AgentCatalog>,
     pub limits: Limits,
+}
+
+/// What sessions may refer to.
+#[derive(Debug, Clone)]
+pub struct AgentCatalog {
+    pub models: Models,
+    pub workspaces: Vec<Workspace>,
 }
 
 /// Size limits on input.
@@ -53,6 +67,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/retry", post(jobs::retry))
         .route("/api/v1/jobs/{id}/wait", get(jobs::wait))
         .route("/api/v1/jobs/{id}/events", get(events::job_events))
+        .route("/api/v1/sessions", post(sessions::create).get(sessions::list))
+        .route("/api/v1/sessions/{id}", get(sessions::get).delete(sessions::delete))
+        .route("/api/v1/sessions/{id}/turns", post(sessions::send))
+        .route("/api/v1/sessions/{id}/messages", get(sessions::messages))
+        .route("/api/v1/sessions/{id}/events", get(sessions::events))
+        .route("/api/v1/sessions/{id}/abort", post(sessions::abort))
         .route("/api/v1/openapi.json", get(health::openapi))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

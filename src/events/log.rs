@@ -41,12 +41,13 @@ pub async fn append(
         WITH bump AS (
             UPDATE jobs SET last_seq = last_seq + $3, progress = coalesce($4, progress)
             WHERE id = $1 AND lease_token = $2
-            RETURNING last_seq
+            RETURNING last_seq, stream_id
         ), ins AS (
-            INSERT INTO job_events (job_id, seq, kind, data, at)
-            SELECT $1, b.last_seq - $3 + e.ord, e.kind, e.data, e.at
+            INSERT INTO job_events (job_id, seq, kind, data, at, stream_id)
+            SELECT $1, b.last_seq - $3 + e.ord, e.kind, e.data, e.at, b.stream_id
             FROM bump b, unnest($5::text[], $6::jsonb[], $7::timestamptz[]) WITH ORDINALITY
                 AS e(kind, data, at, ord)
+            ORDER BY e.ord
         )
         SELECT b.last_seq AS "last_seq!" FROM bump b,
             LATERAL (SELECT pg_notify('spool_events', $1::text)) n
@@ -76,6 +77,36 @@ pub async fn read_after(
          ORDER BY seq LIMIT $3",
         job_id,
         after,
+        limit
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// One event of a stream (a chat session), with the stream cursor SSE sends as `id:`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamEvent {
+    pub cursor: i64,
+    pub job_id: Uuid,
+    pub seq: i64,
+    pub kind: String,
+    pub data: Value,
+    pub at: DateTime<Utc>,
+}
+
+/// Up to `limit` events of stream `stream_id` after `cursor`, across all its jobs, in order.
+pub async fn read_stream_after(
+    pool: &PgPool,
+    stream_id: Uuid,
+    cursor: i64,
+    limit: i64,
+) -> Result<Vec<StreamEvent>, sqlx::Error> {
+    sqlx::query_as!(
+        StreamEvent,
+        r#"SELECT stream_seq AS "cursor!", job_id, seq, kind, data, at FROM job_events
+           WHERE stream_id = $1 AND stream_seq > $2 ORDER BY stream_seq LIMIT $3"#,
+        stream_id,
+        cursor,
         limit
     )
     .fetch_all(pool)

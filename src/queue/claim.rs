@@ -59,15 +59,16 @@ pub async fn claim(
             FROM (SELECT id FROM plain UNION ALL SELECT id FROM keyed) p
             WHERE j.id = p.id AND j.state = 'queued'
             RETURNING j.id, j.project_id, j.kind, j.args, j.attempt, j.max_attempts, j.timeout_s,
-                      j.lease_token, j.concurrency_key, j.last_seq
+                      j.lease_token, j.concurrency_key, j.last_seq, j.stream_id
         ), held AS (
             UPDATE job_keys k SET holder = c.id FROM claimed c
             WHERE c.concurrency_key IS NOT NULL
               AND k.project_id = c.project_id AND k.key = c.concurrency_key
         ), ev AS (
-            INSERT INTO job_events (job_id, seq, kind, data)
+            INSERT INTO job_events (job_id, seq, kind, data, stream_id)
             SELECT id, last_seq, 'state',
-                   jsonb_build_object('state', 'running', 'attempt', attempt, 'worker_id', $4::text)
+                   jsonb_build_object('state', 'running', 'attempt', attempt, 'worker_id', $4::text),
+                   stream_id
             FROM claimed
         )
         SELECT id AS "id!", project_id AS "project_id!", kind AS "kind!", args AS "args!",
@@ -208,15 +209,16 @@ pub async fn finish(pool: &PgPool, batch: &[Finish]) -> Result<Vec<Uuid>, sqlx::
             FROM input i
             WHERE j.id = i.id AND j.lease_token = i.token
             RETURNING j.id, j.project_id, j.queue, j.concurrency_key, j.state, j.last_seq,
-                      j.attempt, j.run_at, i.error, i.refund
+                      j.attempt, j.run_at, i.error, i.refund, j.stream_id
         ), ev AS (
-            INSERT INTO job_events (job_id, seq, kind, data)
+            INSERT INTO job_events (job_id, seq, kind, data, stream_id)
             SELECT id, last_seq, 'state', jsonb_strip_nulls(jsonb_build_object(
                 'state', state,
                 'attempt', attempt,
                 'error', error,
                 'run_at', CASE WHEN state = 'queued' THEN run_at END,
-                'reason', CASE WHEN refund > 0 THEN 'released by worker shutdown' END))
+                'reason', CASE WHEN refund > 0 THEN 'released by worker shutdown' END)),
+                stream_id
             FROM done
         ), keys AS (
             UPDATE job_keys k SET holder = NULL FROM done d

@@ -107,17 +107,17 @@ pub async fn cancel(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Cancell
                    cancel_requested_at = coalesce(j.cancel_requested_at, now()),
                    last_seq = j.last_seq + 1
             FROM targets t WHERE j.id = t.id AND j.state IN ('queued', 'waiting')
-            RETURNING j.id, j.project_id, j.concurrency_key, j.last_seq
+            RETURNING j.id, j.project_id, j.concurrency_key, j.last_seq, j.stream_id
         ), asked AS (
             UPDATE jobs j SET cancel_requested_at = now(), last_seq = j.last_seq + 1
             FROM targets t
             WHERE j.id = t.id AND j.state = 'running' AND j.cancel_requested_at IS NULL
-            RETURNING j.id, j.last_seq
+            RETURNING j.id, j.last_seq, j.stream_id
         ), ev AS (
-            INSERT INTO job_events (job_id, seq, kind, data)
-            SELECT id, last_seq, 'state', '{"state":"cancelled"}'::jsonb FROM ended
+            INSERT INTO job_events (job_id, seq, kind, data, stream_id)
+            SELECT id, last_seq, 'state', '{"state":"cancelled"}'::jsonb, stream_id FROM ended
             UNION ALL
-            SELECT id, last_seq, 'cancel_requested', '{}'::jsonb FROM asked
+            SELECT id, last_seq, 'cancel_requested', '{}'::jsonb, stream_id FROM asked
         ), keys AS (
             UPDATE job_keys k SET holder = NULL FROM ended e
             WHERE e.concurrency_key IS NOT NULL
@@ -154,10 +154,11 @@ pub async fn retry(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<(), Queu
                    cancel_requested_at = NULL, max_attempts = greatest(j.max_attempts, j.attempt + 1),
                    last_seq = j.last_seq + 1
             FROM target t WHERE j.id = t.id AND t.state IN ('failed', 'cancelled')
-            RETURNING j.id, j.queue, j.last_seq
+            RETURNING j.id, j.queue, j.last_seq, j.stream_id
         ), ev AS (
-            INSERT INTO job_events (job_id, seq, kind, data)
-            SELECT id, last_seq, 'state', '{"state":"queued","reason":"retry requested"}'::jsonb
+            INSERT INTO job_events (job_id, seq, kind, data, stream_id)
+            SELECT id, last_seq, 'state', '{"state":"queued","reason":"retry requested"}'::jsonb,
+                   stream_id
             FROM requeued
         )
         SELECT t.state AS "state!: JobState",
@@ -185,4 +186,23 @@ pub async fn has_unfinished(pool: &PgPool, project_id: Uuid) -> Result<bool, Que
     )
     .fetch_one(pool)
     .await?)
+}
+
+/// The unfinished jobs holding or waiting for `key`, oldest first: the running one first, then
+/// the FIFO queue behind it.
+pub async fn active_with_key(
+    conn: &mut PgConnection,
+    project_id: Uuid,
+    key: &str,
+) -> Result<Vec<(Uuid, JobState)>, QueueError> {
+    let rows = sqlx::query!(
+        r#"SELECT id, state AS "state: JobState" FROM jobs
+           WHERE project_id = $1 AND concurrency_key = $2 AND state IN ('queued', 'running', 'waiting')
+           ORDER BY (state = 'queued'), id"#,
+        project_id,
+        key
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.state)).collect())
 }

@@ -21,6 +21,8 @@ pub struct NewJob {
     pub idempotency_key: Option<String>,
     pub concurrency_key: Option<String>,
     pub parent_id: Option<Uuid>,
+    /// An event stream (e.g. a chat session) that also numbers this job's events.
+    pub stream_id: Option<Uuid>,
 }
 
 /// Whether enqueue made a new job or found one under the same idempotency key.
@@ -127,15 +129,15 @@ pub async fn enqueue(
             SELECT coalesce(root_id, id) AS root FROM jobs WHERE id = $11 AND project_id = $2
         ), ins AS (
             INSERT INTO jobs (id, project_id, kind, queue, args, priority, run_at, max_attempts,
-                              timeout_s, idempotency_key, concurrency_key, parent_id, root_id, last_seq)
+                              timeout_s, idempotency_key, concurrency_key, parent_id, root_id, last_seq, stream_id)
             SELECT $1, $2, $3, $4, $5, $6, coalesce($7, now()), coalesce($8, 5), $9, $10, $12, $11,
-                   coalesce((SELECT root FROM parent), $1), 1
+                   coalesce((SELECT root FROM parent), $1), 1, $13
             WHERE $11::uuid IS NULL OR EXISTS (SELECT 1 FROM parent)
             ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING *
         ), ev AS (
-            INSERT INTO job_events (job_id, seq, kind, data)
-            SELECT id, 1, 'state', '{"state":"queued"}'::jsonb FROM ins
+            INSERT INTO job_events (job_id, seq, kind, data, stream_id)
+            SELECT id, 1, 'state', '{"state":"queued"}'::jsonb, stream_id FROM ins
         ), k AS (
             INSERT INTO job_keys (project_id, key)
             SELECT project_id, concurrency_key FROM ins WHERE concurrency_key IS NOT NULL
@@ -163,6 +165,7 @@ pub async fn enqueue(
         job.idempotency_key,
         job.parent_id,
         job.concurrency_key,
+        job.stream_id,
     )
     .fetch_optional(&mut *conn)
     .await?;

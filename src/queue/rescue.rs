@@ -41,12 +41,12 @@ pub async fn rescue_expired(
                 last_seq = j.last_seq + 1
             FROM expired e WHERE j.id = e.id
             RETURNING j.id, j.project_id, j.queue, j.concurrency_key, j.state, j.attempt, j.run_at,
-                      j.error, j.last_seq
+                      j.error, j.last_seq, j.stream_id
         ), ev AS (
-            INSERT INTO job_events (job_id, seq, kind, data)
+            INSERT INTO job_events (job_id, seq, kind, data, stream_id)
             SELECT id, last_seq, 'state', jsonb_strip_nulls(jsonb_build_object(
                 'state', state, 'attempt', attempt, 'error', error, 'reason', 'lease expired',
-                'run_at', CASE WHEN state = 'queued' THEN run_at END))
+                'run_at', CASE WHEN state = 'queued' THEN run_at END)), stream_id
             FROM done
         ), keys AS (
             UPDATE job_keys k SET holder = NULL FROM done d

@@ -16,6 +16,7 @@ pub struct JobContext {
     /// 1 for the first attempt.
     pub attempt: i32,
     pub max_attempts: i32,
+    pub(crate) lease_token: Uuid,
     pub(crate) cancel: CancellationToken,
     pub(crate) events: EventSink,
 }
@@ -34,6 +35,13 @@ impl JobContext {
     /// Fires when the job is cancelled, times out, loses its lease or the worker shuts down.
     pub fn cancellation(&self) -> &CancellationToken {
         &self.cancel
+    }
+
+    /// The job id and lease token that fence this attempt's own writes: a domain write made with
+    /// `WHERE EXISTS (SELECT 1 FROM jobs WHERE id = $job AND lease_token = $token)` changes nothing
+    /// once the lease is lost.
+    pub fn fence(&self) -> (Uuid, Uuid) {
+        (self.id, self.lease_token)
     }
 
     /// Whether the handler has been asked to stop.

@@ -120,6 +120,7 @@ async fn run_job(shared: Arc<Shared>, claimed: Claimed) {
         args: job.args.clone(),
         attempt: job.attempt,
         max_attempts: job.max_attempts,
+        lease_token: job.lease_token,
         cancel: cancel.clone(),
         events: events.clone(),
     };

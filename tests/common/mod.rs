@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod db;
+pub mod fake_llm;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,0 +1,257 @@
+//! Sessions and their transcripts: all agent SQL. Writes a turn makes carry its lease fence
+//! (`EXISTS (SELECT 1 FROM jobs WHERE id = $job AND lease_token = $token)`), so a stale attempt's
+//! write changes nothing.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// A chat session.
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub title: Option<String>,
+    pub model: String,
+    pub system_prompt: Option<String>,
+    pub workspace: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One transcript entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    pub id: Uuid,
+    pub session_id: Uuid,
+    pub turn_id: Uuid,
+    pub role: String,
+    pub content: Value,
+    pub status: String,
+    pub tool_call_id: Option<String>,
+    pub usage: Option<Value>,
+    pub model: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A turn attempt's write fence: (job id, lease token).
+pub type Fence = (Uuid, Uuid);
+
+/// Creates a session.
+pub async fn create_session(
+    pool: &PgPool,
+    project_id: Uuid,
+    title: Option<&str>,
+    model: &str,
+    system_prompt: Option<&str>,
+    workspace: Option<&str>,
+) -> Result<Session, sqlx::Error> {
+    sqlx::query_as!(
+        Session,
+        "INSERT INTO sessions (id, project_id, title, model, system_prompt, workspace)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id, project_id, title, model, system_prompt, workspace, created_at, updated_at",
+        Uuid::now_v7(),
+        project_id,
+        title,
+        model,
+        system_prompt,
+        workspace
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// One session of `project_id`, optionally locked for the caller's transaction.
+pub async fn session(
+    conn: &mut PgConnection,
+    project_id: Uuid,
+    id: Uuid,
+    lock: bool,
+) -> Result<Option<Session>, sqlx::Error> {
+    if lock {
+        return sqlx::query_as!(
+            Session,
+            "SELECT id, project_id, title, model, system_prompt, workspace, created_at, updated_at
+             FROM sessions WHERE id = $1 AND project_id = $2 FOR UPDATE",
+            id,
+            project_id
+        )
+        .fetch_optional(conn)
+        .await;
+    }
+    sqlx::query_as!(
+        Session,
+        "SELECT id, project_id, title, model, system_prompt, workspace, created_at, updated_at
+         FROM sessions WHERE id = $1 AND project_id = $2",
+        id,
+        project_id
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+/// A page of sessions, newest first, older than `before`.
+pub async fn sessions(
+    pool: &PgPool,
+    project_id: Uuid,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Session>, sqlx::Error> {
+    sqlx::query_as!(
+        Session,
+        "SELECT id, project_id, title, model, system_prompt, workspace, created_at, updated_at
+         FROM sessions WHERE project_id = $1 AND ($2::uuid IS NULL OR id < $2)
+         ORDER BY id DESC LIMIT $3",
+        project_id,
+        before,
+        limit
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Deletes a session with its transcript. Returns whether it existed.
+pub async fn delete_session(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query!(
+        "DELETE FROM sessions WHERE id = $1 AND project_id = $2",
+        id,
+        project_id
+    )
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Gives an untitled session its first title.
+pub async fn set_title_if_empty(conn: &mut PgConnection, id: Uuid, title: &str) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE sessions SET title = $2, updated_at = now() WHERE id = $1 AND title IS NULL",
+        id,
+        title
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The whole transcript, in order: turn by turn (turn ids are time-ordered job ids), and within a
+/// turn the user's message, then each step's reply and tool results. Queued turns' user messages
+/// are stored when sent, so they come after the running turn's replies, not among them.
+pub async fn messages(pool: &PgPool, session_id: Uuid) -> Result<Vec<Message>, sqlx::Error> {
+    sqlx::query_as!(
+        Message,
+        "SELECT id, session_id, turn_id, role, content, status, tool_call_id, usage, model, created_at
+         FROM messages WHERE session_id = $1 ORDER BY turn_id, id",
+        session_id
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Stores the user's message, in the same transaction as the turn's enqueue.
+pub async fn insert_user_message(
+    conn: &mut PgConnection,
+    session_id: Uuid,
+    turn_id: Uuid,
+    content: &Value,
+) -> Result<Uuid, sqlx::Error> {
+    let id = Uuid::now_v7();
+    sqlx::query!(
+        "INSERT INTO messages (id, session_id, turn_id, role, content, status)
+         VALUES ($1, $2, $3, 'user', $4, 'complete')",
+        id,
+        session_id,
+        turn_id,
+        content
+    )
+    .execute(conn)
+    .await?;
+    Ok(id)
+}
+
+/// Removes every message of a turn (rollback of a cancelled turn).
+pub async fn delete_turn_messages(pool: &PgPool, turn_id: Uuid) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query!("DELETE FROM messages WHERE turn_id = $1", turn_id)
+        .execute(pool)
+        .await?;
+    Ok(r.rows_affected())
+}
+
+/// Drops what a dead attempt left half-written, so the retry replaces it instead of adding to it.
+pub async fn discard_partial(pool: &PgPool, fence: Fence) -> Result<bool, sqlx::Error> {
+    let ok = sqlx::query_scalar!(
+        r#"WITH f AS (SELECT 1 FROM jobs WHERE id = $1 AND lease_token = $2),
+                d AS (DELETE FROM messages WHERE turn_id = $1 AND status = 'streaming'
+                      AND EXISTS (SELECT 1 FROM f))
+           SELECT EXISTS (SELECT 1 FROM f) AS "ok!""#,
+        fence.0,
+        fence.1
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(ok)
+}
+
+/// Writes (or rewrites) an assistant message under the fence. `status` is `streaming` while the
+/// reply is coming, then `complete`, `cancelled` or `error`. Returns `false` when fenced out.
+#[allow(clippy::too_many_arguments)]
+pub async fn upsert_assistant(
+    pool: &PgPool,
+    fence: Fence,
+    session_id: Uuid,
+    id: Uuid,
+    content: &Value,
+    status: &str,
+    usage: Option<&Value>,
+    model: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query!(
+        "INSERT INTO messages (id, session_id, turn_id, role, content, status, usage, model)
+         SELECT $3, $4, $1, 'assistant', $5, $6, $7, $8
+         WHERE EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND lease_token = $2)
+         ON CONFLICT (id) DO UPDATE SET content = EXCLUDED.content, status = EXCLUDED.status,
+             usage = EXCLUDED.usage, model = EXCLUDED.model, updated_at = now()",
+        fence.0,
+        fence.1,
+        id,
+        session_id,
+        content,
+        status,
+        usage,
+        model
+    )
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Stores one tool result, keyed by (turn, tool_call_id): a result already stored is kept.
+/// Returns `false` when fenced out.
+pub async fn insert_tool_result(
+    pool: &PgPool,
+    fence: Fence,
+    session_id: Uuid,
+    tool_call_id: &str,
+    content: &Value,
+) -> Result<bool, sqlx::Error> {
+    let ok = sqlx::query_scalar!(
+        r#"WITH f AS (SELECT 1 FROM jobs WHERE id = $1 AND lease_token = $2),
+                ins AS (
+                    INSERT INTO messages (id, session_id, turn_id, role, content, status, tool_call_id)
+                    SELECT $3, $4, $1, 'tool', $5, 'complete', $6 WHERE EXISTS (SELECT 1 FROM f)
+                    ON CONFLICT (turn_id, tool_call_id) WHERE tool_call_id IS NOT NULL DO NOTHING)
+           SELECT EXISTS (SELECT 1 FROM f) AS "ok!""#,
+        fence.0,
+        fence.1,
+        Uuid::now_v7(),
+        session_id,
+        content,
+        tool_call_id
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(ok)
+}

@@ -1,0 +1,249 @@
+//! The `agent.turn` job: load the context, stream the model's reply into the event log, run the
+//! tools it calls, and checkpoint every step under the lease fence, so a retried turn resumes
+//! from its last checkpoint and never runs a finished tool call again.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::history;
+use super::sessions::TURN_KIND;
+use super::store::{self, Fence};
+use crate::llm::config::{ModelConfig, Models};
+use crate::llm::{ChatRequest, Completion, LlmClient, LlmError, StreamEvent, ToolCall, ToolDef, Usage};
+use crate::tools::{self, ToolContext, Workspace};
+use crate::worker::{JobContext, JobError, Registry};
+
+/// How often a streaming reply's text is saved to its message.
+const PERSIST_EVERY: Duration = Duration::from_millis(250);
+
+/// What turns need from the process.
+pub struct AgentDeps {
+    pub pool: PgPool,
+    pub llm: LlmClient,
+    pub models: Models,
+    pub workspaces: Vec<Workspace>,
+    pub http: reqwest::Client,
+    pub allow_loopback: bool,
+    pub allow_private: bool,
+    /// Rounds of model calls per turn; on the last one the tools are withheld.
+    pub max_rounds: usize,
+    /// Retries of one model call after a retryable failure, before the job attempt fails.
+    pub step_retries: u32,
+}
+
+/// Adds the `agent.turn` kind to `registry`.
+pub fn register(registry: Registry, deps: Arc<AgentDeps>) -> Registry {
+    registry.register(TURN_KIND, move |ctx: JobContext| run(Arc::clone(&deps), ctx))
+}
+
+fn lost() -> JobError {
+    JobError::retry("lease lost while writing the transcript")
+}
+
+fn db(e: sqlx::Error) -> JobError {
+    JobError::retry(format!("database error: {e}"))
+}
+
+async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
+    let fence = ctx.fence();
+    let session_id = ctx.args.get("session_id").and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or_else(|| JobError::fail("args.session_id is missing"))?;
+    let session = {
+        let mut conn = deps.pool.acquire().await.map_err(db)?;
+        store::session(&mut conn, ctx.project_id, session_id, false).await.map_err(db)?
+    }
+    .ok_or_else(|| JobError::fail("the session no longer exists"))?;
+    let model_name = ctx.args.get("model").and_then(Value::as_str).unwrap_or(&session.model).to_owned();
+    let model = deps.models.get(&model_name).cloned()
+        .ok_or_else(|| JobError::fail(format!("unknown model `{model_name}`")))?;
+    if !store::discard_partial(&deps.pool, fence).await.map_err(db)? {
+        return Err(lost());
+    }
+    let workspace = session.workspace.as_deref().and_then(|w| deps.workspaces.iter().find(|x| x.name == w)).cloned();
+    let defs: Vec<ToolDef> = tools::specs(workspace.as_ref()).into_iter()
+        .map(|s| ToolDef { name: s.name, description: s.description, parameters: s.parameters })
+        .collect();
+    let tool_ctx = ToolContext {
+        workspace,
+        cancel: ctx.cancellation().clone(),
+        http: deps.http.clone(),
+        allow_loopback: deps.allow_loopback,
+        allow_private: deps.allow_private,
+    };
+    let mut total = Usage::default();
+    let mut rounds = 0usize;
+    loop {
+        let mut messages = store::messages(&deps.pool, session_id).await.map_err(db)?;
+        // Later turns' messages (already stored while they wait) are not this turn's context.
+        messages.retain(|m| m.turn_id <= ctx.id);
+        let pending = history::pending_calls(&messages, ctx.id);
+        if !pending.is_empty() {
+            // Resuming after a crash mid-step: only the calls without a stored result run.
+            run_tools(&deps, &ctx, session_id, &pending, &tool_ctx).await?;
+            continue;
+        }
+        let done_rounds = messages.iter().filter(|m| m.turn_id == ctx.id && m.role == "assistant" && m.status == "complete").count();
+        if let Some(last) = messages.iter().rev().find(|m| m.turn_id == ctx.id && m.role == "assistant" && m.status == "complete")
+            && history::tool_calls(&last.content).is_empty()
+        {
+            break; // The reply was already complete when the previous attempt died.
+        }
+        let offer_tools = done_rounds + 1 < deps.max_rounds;
+        let req = ChatRequest {
+            model: model.wire_model().to_owned(),
+            messages: history::build(session.system_prompt.as_deref(), &messages),
+            tools: if offer_tools { defs.clone() } else { Vec::new() },
+            max_tokens: None,
+        };
+        let completion = step(&deps, &ctx, &model, &req, session_id, done_rounds).await?;
+        total.add(&completion.usage);
+        rounds += 1;
+        if completion.tool_calls.is_empty() || !offer_tools {
+            break;
+        }
+        run_tools(&deps, &ctx, session_id, &completion.tool_calls, &tool_ctx).await?;
+    }
+    let cost = model.cost(&total);
+    ctx.emit("usage", json!({ "usage": total, "cost_usd": cost, "model": model.name, "rounds": rounds }));
+    Ok(json!({ "session_id": session_id, "usage": total, "cost_usd": cost, "rounds": rounds }))
+}
+
+/// Text and reasoning received so far, shared with the saver.
+#[derive(Default)]
+struct Partial {
+    text: String,
+    reasoning: String,
+    saved_len: usize,
+}
+
+/// One model call, streamed and checkpointed; retried on retryable failures.
+async fn step(deps: &AgentDeps, ctx: &JobContext, model: &ModelConfig, req: &ChatRequest, session_id: Uuid, round: usize) -> Result<Completion, JobError> {
+    let fence = ctx.fence();
+    let mut retries = 0;
+    loop {
+        let message_id = Uuid::now_v7();
+        let model_name = Some(model.name.as_str());
+        if !store::upsert_assistant(&deps.pool, fence, session_id, message_id, &json!({ "text": "" }), "streaming", None, model_name).await.map_err(db)? {
+            return Err(lost());
+        }
+        ctx.emit("message_started", json!({ "message_id": message_id, "round": round, "model": model.name, "retry": retries }));
+        let partial = Arc::new(Mutex::new(Partial::default()));
+        let stop_saver = CancellationToken::new();
+        let saver = tokio::spawn(save_partial(deps.pool.clone(), fence, session_id, message_id, Arc::clone(&partial), stop_saver.clone()));
+        let started = Instant::now();
+        let mut on_event = |ev: StreamEvent| match ev {
+            StreamEvent::TextDelta(t) => {
+                ctx.emit("delta", json!({ "message_id": message_id, "text": t }));
+                if let Ok(mut p) = partial.lock() { p.text.push_str(&t); }
+            }
+            StreamEvent::ReasoningDelta(t) => {
+                ctx.emit("reasoning_delta", json!({ "message_id": message_id, "text": t }));
+                if let Ok(mut p) = partial.lock() { p.reasoning.push_str(&t); }
+            }
+            StreamEvent::ToolCall(c) => ctx.emit("tool_call", json!({ "message_id": message_id, "id": c.id, "name": c.name, "arguments": c.arguments })),
+        };
+        let result = deps.llm.stream(model, req, ctx.cancellation(), &mut on_event).await;
+        stop_saver.cancel();
+        let _ = saver.await;
+        let (text, reasoning) = partial.lock().map(|p| (p.text.clone(), p.reasoning.clone())).unwrap_or_default();
+        match result {
+            Ok(c) => {
+                let content = json!({ "text": c.text, "reasoning": c.reasoning, "tool_calls": c.tool_calls });
+                let usage = json!(c.usage);
+                if !store::upsert_assistant(&deps.pool, fence, session_id, message_id, &content, "complete", Some(&usage), Some(&c.model)).await.map_err(db)? {
+                    return Err(lost());
+                }
+                ctx.emit("message_complete", json!({
+                    "message_id": message_id, "usage": c.usage, "model": c.model, "finish_reason": c.finish_reason,
+                    "duration_ms": started.elapsed().as_millis() as u64, "cost_usd": model.cost(&c.usage),
+                }));
+                return Ok(c);
+            }
+            Err(LlmError::Cancelled) => {
+                let content = json!({ "text": text, "reasoning": reasoning });
+                store::upsert_assistant(&deps.pool, fence, session_id, message_id, &content, "cancelled", None, model_name).await.map_err(db)?;
+                ctx.emit("message_complete", json!({ "message_id": message_id, "cancelled": true }));
+                return Err(JobError::Cancelled);
+            }
+            Err(LlmError::Retryable { message, retry_after }) if retries < deps.step_retries => {
+                // The broken reply is dropped, not kept beside the retry's.
+                store::discard_partial(&deps.pool, fence).await.map_err(db)?;
+                ctx.emit("step_retry", json!({ "message_id": message_id, "error": message, "retry": retries + 1 }));
+                let wait = retry_after.unwrap_or(Duration::from_millis(500 << retries)).min(Duration::from_secs(60));
+                tokio::select! {
+                    _ = ctx.cancellation().cancelled() => return Err(JobError::Cancelled),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                retries += 1;
+            }
+            Err(LlmError::Retryable { message, retry_after }) => {
+                store::discard_partial(&deps.pool, fence).await.map_err(db)?;
+                return Err(JobError::Retry { message: format!("model call failed: {message}"), retry_after });
+            }
+            Err(LlmError::Fatal(message)) => {
+                let content = json!({ "text": text, "error": message });
+                store::upsert_assistant(&deps.pool, fence, session_id, message_id, &content, "error", None, model_name).await.map_err(db)?;
+                ctx.emit("error", json!({ "message_id": message_id, "error": message }));
+                return Err(JobError::fail(format!("model call failed: {message}")));
+            }
+        }
+    }
+}
+
+/// Saves the streaming text every [`PERSIST_EVERY`] while it grows; awaited (not aborted) so no
+/// stale write lands after the final one.
+async fn save_partial(pool: PgPool, fence: Fence, session_id: Uuid, message_id: Uuid, partial: Arc<Mutex<Partial>>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(PERSIST_EVERY) => {}
+        }
+        let snapshot = partial.lock().ok().and_then(|mut p| {
+            let len = p.text.len() + p.reasoning.len();
+            (len != p.saved_len).then(|| {
+                p.saved_len = len;
+                json!({ "text": p.text, "reasoning": p.reasoning })
+            })
+        });
+        if let Some(content) = snapshot
+            && let Err(e) = store::upsert_assistant(&pool, fence, session_id, message_id, &content, "streaming", None, None).await
+        {
+            tracing::warn!(error = %e, "saving partial reply failed");
+        }
+    }
+}
+
+/// Runs calls concurrently; each result is stored (fenced) and announced as soon as it is done.
+async fn run_tools(deps: &AgentDeps, ctx: &JobContext, session_id: Uuid, calls: &[ToolCall], tool_ctx: &ToolContext) -> Result<(), JobError> {
+    let fence = ctx.fence();
+    let mut running: FuturesUnordered<_> = calls
+        .iter()
+        .map(|call| async move {
+            let started = Instant::now();
+            let out = tools::run(&call.name, &call.arguments, tool_ctx).await;
+            let content = json!({
+                "tool_call_id": call.id, "name": call.name, "content": out.content, "is_error": out.is_error,
+                "truncated": out.truncated, "data": out.data, "duration_ms": started.elapsed().as_millis() as u64,
+            });
+            let stored = store::insert_tool_result(&deps.pool, fence, session_id, &call.id, &content).await;
+            (content, stored)
+        })
+        .collect();
+    while let Some((content, stored)) = running.next().await {
+        if !stored.map_err(db)? {
+            return Err(lost());
+        }
+        ctx.emit("tool_result", content);
+    }
+    if ctx.is_cancelled() {
+        return Err(JobError::Cancelled);
+    }
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! `/api/v1/sessions`: chat sessions, their turns, transcript and merged event stream.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::auth::Auth;
+use super::events::{async_stream, cursor_from, wants_json};
+use super::input::{self, ValidQuery, bounded};
+use super::{ApiError, AppState};
+use crate::agent::sessions::{self, Multitask, SessionError};
+use crate::agent::store;
+use crate::events::log;
+use crate::projects::tokens::Scope;
+
+/// Largest accepted turn input, in bytes of JSON.
+const MAX_INPUT_BYTES: usize = 256 * 1024;
+
+impl From<SessionError> for ApiError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::NotFound => ApiError::not_found("session"),
+            SessionError::Busy => ApiError::conflict("turn_running", "a turn is already running in this session (multitask: reject)"),
+            SessionError::Queue(q) => q.into(),
+            SessionError::Db(d) => d.into(),
+        }
+    }
+}
+
+fn session_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::not_found("session"))
+}
+
+async fn load(state: &AppState, project_id: Uuid, id: Uuid) -> Result<store::Session, ApiError> {
+    let mut conn = state.pool.acquire().await?;
+    store::session(&mut conn, project_id, id, false).await?.ok_or_else(|| ApiError::not_found("session"))
+}
+
+/// The body of `POST /api/v1/sessions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    title: Option<String>,
+    model: Option<String>,
+    system_prompt: Option<String>,
+    workspace: Option<String>,
+}
+
+/// `POST /api/v1/sessions`: 201 with the session.
+pub async fn create(State(state): State<AppState>, auth: Auth, req: axum::extract::Request) -> Result<Response, ApiError> {
+    auth.require(Scope::Write)?;
+    let body: CreateSession = input::json(req.into_body(), 1024 * 1024).await?;
+    let model = match body.model {
+        Some(m) => {
+            state.agent.models.get(&m).ok_or_else(|| ApiError::unprocessable("unknown_model", "model", format!("unknown model `{m}`; known: {}", state.agent.models.names().join(", "))))?;
+            m
+        }
+        None => state.agent.models.default_model().name.clone(),
+    };
+    if let Some(w) = &body.workspace
+        && !state.agent.workspaces.iter().any(|x| &x.name == w)
+    {
+        return Err(ApiError::unprocessable("unknown_workspace", "workspace", format!("unknown workspace `{w}`")));
+    }
+    if body.title.as_ref().is_some_and(|t| t.chars().count() > 200) {
+        return Err(ApiError::invalid_field("title", "title must be at most 200 characters"));
+    }
+    let s = store::create_session(&state.pool, auth.0.project_id, body.title.as_deref(), &model, body.system_prompt.as_deref(), body.workspace.as_deref()).await?;
+    Ok((StatusCode::CREATED, Json(s)).into_response())
+}
+
+/// Query of `GET /api/v1/sessions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/v1/sessions`: newest first, keyset-paginated.
+pub async fn list(State(state): State<AppState>, auth: Auth, ValidQuery(q): ValidQuery<ListQuery>) -> Result<Json<Value>, ApiError> {
+    let limit = bounded(q.limit.as_deref(), "limit", 50, 1..=200)?;
+    let before = q.cursor.as_deref().map(|c| Uuid::parse_str(c).map_err(|_| ApiError::invalid_field("cursor", "cursor is not valid"))).transpose()?;
+    let mut rows = store::sessions(&state.pool, auth.0.project_id, before, limit + 1).await?;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|s| s.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(json!({ "sessions": rows, "next_cursor": next })))
+}
+
+/// `GET /api/v1/sessions/{id}`.
+pub async fn get(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<store::Session>, ApiError> {
+    Ok(Json(load(&state, auth.0.project_id, session_id(&id)?).await?))
+}
+
+/// `DELETE /api/v1/sessions/{id}`: cancels its turns, then deletes it. 204.
+pub async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    auth.require(Scope::Write)?;
+    sessions::delete(&state.pool, auth.0.project_id, session_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The body of `POST /api/v1/sessions/{id}/turns`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendTurn {
+    input: Value,
+    model: Option<String>,
+    #[serde(default)]
+    multitask: Multitask,
+    idempotency_key: Option<String>,
+}
+
+/// Checks the input: a non-empty string, or a non-empty array of `{"type":"text","text"}` blocks.
+fn check_input(input: &Value) -> Result<(), ApiError> {
+    let size = serde_json::to_vec(input).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > MAX_INPUT_BYTES {
+        return Err(ApiError::too_large("input", format!("input is {size} bytes; the limit is {MAX_INPUT_BYTES}")));
+    }
+    match input {
+        Value::String(s) if !s.trim().is_empty() => Ok(()),
+        Value::String(_) => Err(ApiError::invalid_field("input", "input must not be empty")),
+        Value::Array(blocks) if !blocks.is_empty() => {
+            for (i, b) in blocks.iter().enumerate() {
+                let ok = b.get("type").and_then(Value::as_str) == Some("text")
+                    && b.get("text").and_then(Value::as_str).is_some_and(|t| !t.trim().is_empty())
+                    && b.as_object().is_some_and(|o| o.len() == 2);
+                if !ok {
+                    return Err(ApiError::invalid_field("input", format!("content block {i} must be {{\"type\": \"text\", \"text\": <non-empty string>}}")));
+                }
+            }
+            Ok(())
+        }
+        _ => Err(ApiError::invalid_field("input", "input must be a non-empty string or array of content blocks")),
+    }
+}
+
+/// `POST /api/v1/sessions/{id}/turns`: 202 with `{turn_id, job_id, position}`.
+pub async fn send(State(state): State<AppState>, auth: Auth, Path(id): Path<String>, req: axum::extract::Request) -> Result<Response, ApiError> {
+    auth.require(Scope::Write)?;
+    let id = session_id(&id)?;
+    let body: SendTurn = input::json(req.into_body(), MAX_INPUT_BYTES + 64 * 1024).await?;
+    check_input(&body.input)?;
+    if let Some(m) = &body.model
+        && state.agent.models.get(m).is_none()
+    {
+        return Err(ApiError::unprocessable("unknown_model", "model", format!("unknown model `{m}`")));
+    }
+    let sent = sessions::send_turn(&state.pool, auth.0.project_id, id, &body.input, body.model.as_deref(), body.multitask, body.idempotency_key).await?;
+    Ok((StatusCode::ACCEPTED, Json(sent)).into_response())
+}
+
+/// `GET /api/v1/sessions/{id}/messages`: the transcript, in order.
+pub async fn messages(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let s = load(&state, auth.0.project_id, session_id(&id)?).await?;
+    let messages = store::messages(&state.pool, s.id).await?;
+    Ok(Json(json!({ "messages": messages })))
+}
+
+/// `POST /api/v1/sessions/{id}/abort`: stops the running turn within a second.
+pub async fn abort(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    auth.require(Scope::Write)?;
+    let stopped = sessions::abort(&state.pool, auth.0.project_id, session_id(&id)?).await?;
+    Ok(Json(json!({ "aborted_turn": stopped })))
+}
+
+/// Query of the session events endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /api/v1/sessions/{id}/events`: every turn's events in one ordered, resumable stream.
+pub async fn events(State(state): State<AppState>, auth: Auth, Path(id): Path<String>, headers: HeaderMap, ValidQuery(q): ValidQuery<EventsQuery>) -> Result<Response, ApiError> {
+    let id = session_id(&id)?;
+    let after = cursor_from(&headers, q.after.as_deref())?;
+    load(&state, auth.0.project_id, id).await?;
+    if wants_json(&headers) {
+        let limit = bounded(q.limit.as_deref(), "limit", 500, 1..=1000)?;
+        let events = log::read_stream_after(&state.pool, id, after, limit).await?;
+        let next = events.last().map_or(after, |e| e.cursor);
+        return Ok(Json(json!({ "events": events, "next": next })).into_response());
+    }
+    let stream = async_stream(move |tx| async move {
+        let mut sub = state.hub.subscribe(id);
+        let mut after = after;
+        loop {
+            match log::read_stream_after(&state.pool, id, after, 500).await {
+                Ok(events) => {
+                    let full = events.len() == 500;
+                    for e in events {
+                        let data = json!({ "job_id": e.job_id, "seq": e.seq, "data": e.data });
+                        let ev = SseEvent::default().id(e.cursor.to_string()).event(&e.kind).data(data.to_string());
+                        if tx.send(Ok::<_, Infallible>(ev)).await.is_err() {
+                            return;
+                        }
+                        after = e.cursor;
+                    }
+                    if full {
+                        continue;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, session = %id, "reading session events failed"),
+            }
+            if tx.is_closed() {
+                return;
+            }
+            sub.changed(Duration::from_secs(2)).await;
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}

@@ -1,0 +1,55 @@
+//! Owns talking to model providers; knows nothing of sessions, jobs or the database.
+//!
+//! [`LlmClient::stream`] makes one streamed call to the model a [`config::ModelConfig`]
+//! describes and classifies failures as retryable or fatal. It never retries itself: the caller
+//! retries whole steps, because a retry must discard the partial output already streamed.
+
+pub mod config;
+pub mod mock;
+pub mod openai;
+pub mod sse;
+pub mod types;
+
+pub use types::*;
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use config::{ModelConfig, Provider};
+
+/// Talks to providers. Cheap to clone.
+#[derive(Clone)]
+pub struct LlmClient {
+    http: reqwest::Client,
+    idle_timeout: Duration,
+}
+
+impl LlmClient {
+    /// A client over `http`; a stream that sends nothing for `idle_timeout` counts as stalled.
+    pub fn new(http: reqwest::Client, idle_timeout: Duration) -> Self {
+        Self { http, idle_timeout }
+    }
+
+    /// Streams one completion from `model`, calling `on_event` for each delta / finished tool call as it arrives.
+    ///
+    /// Honours `cancel` at once (returns [`LlmError::Cancelled`], dropping the connection so the
+    /// provider stops). One attempt only; see [`LlmError`] for what is worth retrying.
+    pub async fn stream(
+        &self,
+        model: &ModelConfig,
+        req: &ChatRequest,
+        cancel: &CancellationToken,
+        on_event: &mut (dyn FnMut(StreamEvent) + Send),
+    ) -> Result<Completion, LlmError> {
+        match model.provider {
+            Provider::OpenAi => {
+                openai::stream(&self.http, self.idle_timeout, model, req, cancel, on_event).await
+            }
+            Provider::Mock => mock::stream(req, cancel, on_event).await,
+            Provider::Anthropic => Err(LlmError::Fatal(
+                "the anthropic provider is not implemented yet".to_owned(),
+            )),
+        }
+    }
+}

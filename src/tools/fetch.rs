@@ -1,0 +1,242 @@
+//! `http_fetch`: an unsigned GET behind the same SSRF rules as the `http` job kind.
+//!
+//! `crate::kinds::http` keeps its address classification private and its public `call`
+//! always signs the request and treats non-2xx as failures, so the minimal classification is
+//! duplicated here (kept in step with `kinds::http::classify`). Each fetch builds its own
+//! client with DNS pinned to the addresses that were checked, no proxy and no redirects, so
+//! `ctx.http` is not used to send.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_TYPE, LOCATION};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ToolContext, ToolOutput, ToolSpec, lossy_text, ok};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+const DEFAULT_MAX_BYTES: u64 = 1024 * 1024;
+
+/// Arguments of `http_fetch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HttpFetchArgs {
+    url: String,
+    max_bytes: Option<u64>,
+}
+
+/// The `http_fetch` spec.
+pub(super) fn spec() -> ToolSpec {
+    super::spec(
+        "http_fetch",
+        "HTTP GET a public http(s) URL and return the status, content type and body text. \
+         Private, loopback and link-local addresses are refused. Redirects are not followed: \
+         the answer names the Location, which you may fetch next. Times out after 20 s; the \
+         body is cut at max_bytes.",
+        json!({
+            "url": {"type": "string", "description": "Absolute http:// or https:// URL."},
+            "max_bytes": {"type": "integer", "minimum": 1, "maximum": DEFAULT_MAX_BYTES, "description": "Read at most this many body bytes. Default and maximum 1048576."},
+        }),
+        &["url"],
+    )
+}
+
+/// Fetches a URL; transport problems and refused destinations are tool errors.
+pub(super) async fn http_fetch(args: HttpFetchArgs, ctx: &ToolContext) -> ToolOutput {
+    tokio::select! {
+        biased;
+        _ = ctx.cancel.cancelled() => ToolOutput::error("http_fetch was cancelled"),
+        r = fetch(&args, ctx) => r.unwrap_or_else(ToolOutput::error),
+    }
+}
+
+async fn fetch(args: &HttpFetchArgs, ctx: &ToolContext) -> Result<ToolOutput, String> {
+    let raw = &args.url;
+    let url = url::Url::parse(raw).map_err(|e| format!("invalid url {raw:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("url scheme must be http or https: {raw:?}"));
+    }
+    let host = match url.host_str() {
+        Some(h) if !h.is_empty() => h.to_owned(),
+        _ => return Err(format!("url {raw:?} has no host")),
+    };
+    let port = url.port_or_known_default().unwrap_or(80);
+    let max_bytes = args.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
+    let max_bytes = usize::try_from(max_bytes.clamp(1, DEFAULT_MAX_BYTES)).unwrap_or(1);
+
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(TIMEOUT)
+        .user_agent(concat!("spool/", env!("CARGO_PKG_VERSION")));
+    let addrs: Vec<SocketAddr> = match url.host() {
+        Some(url::Host::Ipv4(ip)) => vec![SocketAddr::new(ip.into(), port)],
+        Some(url::Host::Ipv6(ip)) => vec![SocketAddr::new(ip.into(), port)],
+        _ => {
+            let lookup = tokio::net::lookup_host((host.as_str(), port));
+            let found = tokio::time::timeout(TIMEOUT, lookup)
+                .await
+                .map_err(|_| format!("DNS lookup of {host} timed out"))?
+                .map_err(|e| format!("DNS lookup of {host} failed: {e}"))?;
+            let addrs: Vec<SocketAddr> = found.collect();
+            // Pin the connection to exactly what was checked (no DNS rebinding).
+            builder = builder.resolve_to_addrs(&host, &addrs);
+            addrs
+        }
+    };
+    if addrs.is_empty() {
+        return Err(format!("{host} resolved to no addresses"));
+    }
+    for a in &addrs {
+        if let Err(why) = check(a.ip(), ctx.allow_loopback, ctx.allow_private) {
+            return Err(format!("refusing to fetch {host}: {} is {why}", a.ip()));
+        }
+    }
+    let client = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
+
+    let mut response = client
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| format!("fetching {raw} failed: {}", error_chain(&e)))?;
+    let status = response.status();
+    let headers = response.headers();
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let location = headers
+        .get(LOCATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let status_line = format!("HTTP {status}");
+    let type_line = format!(
+        "content-type: {}",
+        content_type.as_deref().unwrap_or("(none)")
+    );
+
+    if status.is_redirection() {
+        let to = location.as_deref().unwrap_or("(no Location header)");
+        let content = format!(
+            "{status_line}\nredirect to {to} was not followed; fetch that URL if you want it"
+        );
+        let data = json!({"url": raw, "status": status.as_u16(), "location": location});
+        return Ok(ok(content, false, data));
+    }
+
+    let (mut body, mut truncated) = (Vec::new(), false);
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("reading the body of {raw} failed: {}", error_chain(&e)))?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() > max_bytes {
+            body.truncate(max_bytes);
+            truncated = true;
+            break; // dropping the response abandons the rest of the body
+        }
+    }
+    let binary = body.iter().take(8 * 1024).any(|&b| b == 0);
+    let text = if binary {
+        format!("[binary body, {} bytes, not shown]", body.len())
+    } else {
+        lossy_text(&body, truncated)
+    };
+    let mut content = format!("{status_line}\n{type_line}\n\n{text}");
+    if truncated {
+        content.push_str(&format!("\n[body cut at {max_bytes} bytes]"));
+    }
+    let data = json!({
+        "url": raw,
+        "status": status.as_u16(),
+        "content_type": content_type,
+        "bytes": body.len(),
+        "binary": binary,
+        "truncated": truncated,
+    });
+    Ok(ok(content, truncated, data))
+}
+
+/// An error and its sources, joined, because reqwest's top-level message alone is vague.
+fn error_chain(e: &reqwest::Error) -> String {
+    let chain: Vec<String> =
+        std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source())
+            .map(ToString::to_string)
+            .collect();
+    chain.join(": ")
+}
+
+/// Ok if `ip` may be fetched, else why not (mirrors `kinds::http::check_destination`).
+fn check(ip: IpAddr, allow_loopback: bool, allow_private: bool) -> Result<(), &'static str> {
+    match classify(ip) {
+        Class::Public => Ok(()),
+        Class::Loopback if allow_loopback => Ok(()),
+        Class::Private | Class::LinkLocal if allow_private => Ok(()),
+        Class::Loopback => Err("a loopback address, which is not allowed here"),
+        Class::Private => Err("a private address, which is not allowed here"),
+        Class::LinkLocal => Err("a link-local address, which is not allowed here"),
+        Class::Forbidden => Err("an unspecified, multicast, broadcast or reserved address"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Public,
+    Loopback,
+    Private,
+    LinkLocal,
+    Forbidden,
+}
+
+fn classify(ip: IpAddr) -> Class {
+    match ip {
+        IpAddr::V4(v4) => classify_v4(v4),
+        IpAddr::V6(v6) => classify_v6(v6),
+    }
+}
+
+fn classify_v4(ip: Ipv4Addr) -> Class {
+    match ip.octets() {
+        [127, ..] => Class::Loopback,
+        [10, ..] | [172, 16..=31, ..] | [192, 168, ..] | [100, 64..=127, ..] => Class::Private,
+        [169, 254, ..] => Class::LinkLocal,
+        // 0/8 "this network", 224/4 multicast, 240/4 reserved incl. broadcast
+        [0, ..] | [224..=255, ..] => Class::Forbidden,
+        _ => Class::Public,
+    }
+}
+
+fn classify_v6(ip: Ipv6Addr) -> Class {
+    let [.., a, b, c, d] = ip.octets();
+    match ip.segments() {
+        _ if ip.is_loopback() => Class::Loopback,
+        _ if ip.is_unspecified() => Class::Forbidden,
+        // ::ffff:a.b.c.d (IPv4-mapped) and 64:ff9b::a.b.c.d (NAT64) reach the IPv4 address
+        [0, 0, 0, 0, 0, 0xffff, ..] | [0x64, 0xff9b, 0, 0, 0, 0, ..] => {
+            classify_v4(Ipv4Addr::new(a, b, c, d))
+        }
+        [0, 0, 0, 0, 0, 0, ..] => Class::Forbidden, // deprecated IPv4-compatible
+        [0xfc00..=0xfdff, ..] | [0xfec0..=0xfeff, ..] => Class::Private, // ULA, site-local
+        [0xfe80..=0xfebf, ..] => Class::LinkLocal,
+        [0xff00..=0xffff, ..] => Class::Forbidden, // multicast
+        _ => Class::Public,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Class, classify};
+
+    #[test]
+    fn classifies_addresses() {
+        let c = |s: &str| classify(s.parse().expect("ip"));
+        assert_eq!(c("127.0.0.1"), Class::Loopback);
+        assert_eq!(c("::1"), Class::Loopback);
+        assert_eq!(c("::ffff:127.0.0.1"), Class::Loopback);
+        assert_eq!(c("10.1.2.3"), Class::Private);
+        assert_eq!(c("fd00::1"), Class::Private);
+        assert_eq!(c("169.254.169.254"), Class::LinkLocal);
+        assert_eq!(c("0.0.0.0"), Class::Forbidden);
+        assert_eq!(c("93.184.216.34"), Class::Public);
+    }
+}

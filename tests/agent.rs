@@ -1,0 +1,277 @@
+//! Chat turns as durable jobs, against the fake OpenAI-compatible server over real HTTP.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::fake_llm::{Chunk, FakeLlm, Reply};
+use common::{Env, Server, env, eventually, fast_worker};
+use serde_json::{Value, json};
+use spool::llm::config::Models;
+use spool::tools::Workspace;
+use uuid::Uuid;
+
+fn workspace() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("spool-ws-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("workspace");
+    std::fs::write(dir.join("notes.txt"), "hello spool\n").expect("file");
+    dir
+}
+
+/// An env whose only model is `fake` (served by `fake`) and with a workspace `demo`.
+async fn agent_env(fake: &FakeLlm) -> Env {
+    let mut e = env().await;
+    let table: toml::Table = toml::from_str(&format!(
+        "default_model = \"fake\"\n[[models]]\nname = \"fake\"\nprovider = \"openai\"\nbase_url = \"{}\"\ncontext_window = 8000\n",
+        fake.base_url
+    ))
+    .expect("toml");
+    e.settings.models = Models::from_toml(&table).expect("models");
+    e.settings.workspaces = vec![Workspace { name: "demo".into(), root: workspace(), allow_commands: false }];
+    e
+}
+
+async fn new_session(s: &Server, body: Value) -> Uuid {
+    let (st, b) = s.post("/api/v1/sessions", body).await;
+    assert_eq!(st, 201, "{b}");
+    b["id"].as_str().and_then(|i| i.parse().ok()).expect("session id")
+}
+
+async fn send(s: &Server, session: Uuid, body: Value) -> (u16, Value) {
+    s.post(&format!("/api/v1/sessions/{session}/turns"), body).await
+}
+
+async fn turn(s: &Server, session: Uuid, input: &str) -> Uuid {
+    let (st, b) = send(s, session, json!({ "input": input })).await;
+    assert_eq!(st, 202, "{b}");
+    b["turn_id"].as_str().and_then(|i| i.parse().ok()).expect("turn id")
+}
+
+async fn messages(s: &Server, session: Uuid) -> Vec<Value> {
+    let (st, b) = s.get(&format!("/api/v1/sessions/{session}/messages")).await;
+    assert_eq!(st, 200, "{b}");
+    b["messages"].as_array().cloned().unwrap_or_default()
+}
+
+async fn session_events(s: &Server, session: Uuid) -> Vec<Value> {
+    let r = s
+        .req(reqwest::Method::GET, &format!("/api/v1/sessions/{session}/events?limit=1000"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .expect("events");
+    let b: Value = r.json().await.expect("json");
+    b["events"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_with_two_tool_rounds_streams_checkpoints_and_sums_usage() {
+    let fake = FakeLlm::start().await;
+    fake.push_all([
+        Reply::tool_call("call_1", "list_dir", r#"{"path":"."}"#),
+        Reply::tool_call("call_2", "read_file", r#"{"path":"notes.txt"}"#),
+        Reply::text("The notes say hello spool."),
+    ]);
+    let e = agent_env(&fake).await;
+    let s = e.serve(e.registry()).await;
+    let w = e.worker(e.registry(), fast_worker()).await;
+    let session = new_session(&s, json!({ "workspace": "demo", "system_prompt": "Be brief." })).await;
+    let turn_id = turn(&s, session, "What is in my notes?").await;
+    let job = s.wait(turn_id, 30).await;
+    w.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let msgs = messages(&s, session).await;
+    let roles: Vec<&str> = msgs.iter().map(|m| m["role"].as_str().unwrap_or("?")).collect();
+    assert_eq!(roles, ["user", "assistant", "tool", "assistant", "tool", "assistant"]);
+    assert!(msgs.iter().all(|m| m["status"] == "complete"));
+    assert!(msgs[2]["content"]["content"].as_str().unwrap_or("").contains("notes.txt"));
+    assert!(msgs[4]["content"]["content"].as_str().unwrap_or("").contains("hello spool"));
+    assert_eq!(msgs[5]["content"]["text"], "The notes say hello spool.");
+    assert_eq!(job["result"]["usage"]["input_tokens"], 30);
+    assert_eq!(job["result"]["usage"]["output_tokens"], 15);
+    let events = session_events(&s, session).await;
+    let count = |k: &str| events.iter().filter(|e| e["kind"] == k).count();
+    assert_eq!(count("message_started"), 3);
+    assert_eq!(count("message_complete"), 3);
+    assert_eq!(count("tool_call"), 2);
+    assert_eq!(count("tool_result"), 2);
+    assert_eq!(count("usage"), 1);
+    let cursors: Vec<i64> = events.iter().map(|e| e["cursor"].as_i64().unwrap_or(-1)).collect();
+    assert_eq!(cursors, (1..=events.len() as i64).collect::<Vec<_>>(), "session cursor is gapless");
+    let final_id = msgs[5]["id"].clone();
+    let streamed: String = events
+        .iter()
+        .filter(|e| e["kind"] == "delta" && e["data"]["message_id"] == final_id)
+        .filter_map(|e| e["data"]["text"].as_str())
+        .collect();
+    assert_eq!(streamed, "The notes say hello spool.");
+    assert!(count("delta") >= 2, "text must stream in pieces");
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 3);
+    let names: Vec<&str> = reqs[0]["tools"].as_array().expect("tools").iter().filter_map(|t| t["function"]["name"].as_str()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "tools are sent sorted by name");
+    assert_eq!(reqs[0]["messages"][0]["role"], "system");
+    let tool_msg = reqs[1]["messages"].as_array().expect("msgs").iter().find(|m| m["role"] == "tool").cloned().expect("tool msg");
+    assert_eq!(tool_msg["tool_call_id"], "call_1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_round_withholds_tools_so_the_model_must_answer() {
+    let fake = FakeLlm::start().await;
+    for i in 0..7 {
+        fake.push(Reply::tool_call(&format!("c{i}"), "list_dir", r#"{"path":"."}"#));
+    }
+    fake.push(Reply::text("Done looking."));
+    let e = agent_env(&fake).await;
+    let s = e.serve(e.registry()).await;
+    let w = e.worker(e.registry(), fast_worker()).await;
+    let session = new_session(&s, json!({ "workspace": "demo" })).await;
+    let job = s.wait(turn(&s, session, "look around").await, 30).await;
+    w.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 8);
+    assert!(reqs[..7].iter().all(|r| r["tools"].as_array().is_some_and(|t| !t.is_empty())));
+    assert!(reqs[7].get("tools").is_none_or(|t| t.as_array().is_none_or(|a| a.is_empty())), "last round offered tools");
+}
+
+fn slow_text(words: usize, delay_ms: u64) -> Reply {
+    Reply::Stream {
+        chunks: (0..words).map(|i| Chunk::Text(format!("w{i} "))).collect(),
+        usage: None,
+        delay_ms,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turns_queue_fifo_and_abort_keeps_partial_text_then_runs_the_next() {
+    let fake = FakeLlm::start().await;
+    fake.push_all([slow_text(60, 100), Reply::text("second answer"), Reply::text("third answer")]);
+    let e = agent_env(&fake).await;
+    let s = e.serve(e.registry()).await;
+    let w = e.worker(e.registry(), fast_worker()).await;
+    let session = new_session(&s, json!({})).await;
+    let t1 = turn(&s, session, "one").await;
+    let (_, b2) = send(&s, session, json!({ "input": "two" })).await;
+    let (_, b3) = send(&s, session, json!({ "input": [{ "type": "text", "text": "three" }] })).await;
+    assert_eq!(b2["position"], 1);
+    assert_eq!(b3["position"], 2);
+    let streaming = eventually(Duration::from_secs(10), || async {
+        let evs = session_events(&s, session).await;
+        (evs.iter().filter(|e| e["kind"] == "delta").count() >= 3).then_some(())
+    })
+    .await;
+    assert!(streaming.is_some(), "turn 1 never streamed");
+    let (st, ab) = s.post(&format!("/api/v1/sessions/{session}/abort"), json!({})).await;
+    assert_eq!(st, 200, "{ab}");
+    assert_eq!(ab["aborted_turn"], json!(t1.to_string()));
+    let j1 = s.wait(t1, 5).await;
+    assert_eq!(j1["state"], "cancelled");
+    let t3: Uuid = b3["turn_id"].as_str().and_then(|i| i.parse().ok()).expect("t3");
+    let j3 = s.wait(t3, 20).await;
+    w.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(j3["state"], "succeeded");
+    let msgs = messages(&s, session).await;
+    let summary: Vec<(String, String)> = msgs
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap_or("").to_owned(), m["status"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    let expect: Vec<(String, String)> = [("user", "complete"), ("assistant", "cancelled"), ("user", "complete"), ("assistant", "complete"), ("user", "complete"), ("assistant", "complete")]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(summary, expect);
+    let partial = msgs[1]["content"]["text"].as_str().unwrap_or("");
+    assert!(partial.starts_with("w0 w1 w2"), "partial text kept: {partial:?}");
+    assert!(!partial.contains("w59"), "the aborted reply did not stop");
+    assert_eq!(msgs[3]["content"]["text"], "second answer");
+    assert_eq!(msgs[5]["content"]["text"], "third answer");
+    // FIFO: each turn's request carried the earlier turns as history.
+    let reqs = fake.requests();
+    let last_user = |r: &Value| r["messages"].as_array().and_then(|m| m.iter().rev().find(|x| x["role"] == "user").cloned()).unwrap_or(Value::Null);
+    assert_eq!(last_user(&reqs[1])["content"], "two");
+    assert_eq!(last_user(&reqs[2])["content"], "three");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_interrupt_and_rollback_strategies() {
+    let fake = FakeLlm::start().await;
+    fake.push_all([slow_text(60, 100), Reply::text("after interrupt"), slow_text(60, 100), Reply::text("after rollback")]);
+    let e = agent_env(&fake).await;
+    let s = e.serve(e.registry()).await;
+    let w = e.worker(e.registry(), fast_worker()).await;
+    let session = new_session(&s, json!({})).await;
+    let t1 = turn(&s, session, "first").await;
+    let wait_deltas = |n: usize| {
+        let s = &s;
+        async move {
+            eventually(Duration::from_secs(10), || async {
+                let evs = session_events(s, session).await;
+                (evs.iter().filter(|e| e["kind"] == "delta").count() >= n).then_some(())
+            })
+            .await
+        }
+    };
+    assert!(wait_deltas(2).await.is_some());
+    let (st, b) = send(&s, session, json!({ "input": "nope", "multitask": "reject" })).await;
+    assert_eq!(st, 409, "{b}");
+    let (st, b) = send(&s, session, json!({ "input": "now this", "multitask": "interrupt" })).await;
+    assert_eq!(st, 202, "{b}");
+    let t2: Uuid = b["turn_id"].as_str().and_then(|i| i.parse().ok()).expect("t2");
+    assert_eq!(s.wait(t1, 5).await["state"], "cancelled");
+    assert_eq!(s.wait(t2, 20).await["state"], "succeeded");
+    let t3 = turn(&s, session, "third, to be rolled back").await;
+    let before = session_events(&s, session).await.iter().filter(|e| e["kind"] == "delta").count();
+    assert!(wait_deltas(before + 2).await.is_some());
+    let (st, b) = send(&s, session, json!({ "input": "replace it", "multitask": "rollback" })).await;
+    assert_eq!(st, 202, "{b}");
+    let t4: Uuid = b["turn_id"].as_str().and_then(|i| i.parse().ok()).expect("t4");
+    assert_eq!(s.wait(t3, 5).await["state"], "cancelled");
+    assert_eq!(s.wait(t4, 20).await["state"], "succeeded");
+    w.shutdown(Duration::from_secs(1)).await;
+    let msgs = messages(&s, session).await;
+    let texts: Vec<String> = msgs.iter().map(|m| format!("{}:{}", m["role"].as_str().unwrap_or(""), m["content"]["text"].as_str().unwrap_or(""))).collect();
+    assert!(!texts.iter().any(|t| t.contains("rejected") || t == "user:nope"), "a rejected turn left a message");
+    assert!(!texts.iter().any(|t| t.contains("rolled back")), "rollback kept the cancelled turn's messages: {texts:?}");
+    assert!(msgs.iter().any(|m| m["status"] == "cancelled" && m["turn_id"] == json!(t1.to_string())), "interrupt keeps the partial reply");
+    assert_eq!(texts.last().map(String::as_str), Some("assistant:after rollback"));
+}
+
+#[tokio::test]
+async fn bad_turn_input_gets_a_clear_4xx_and_stores_nothing() {
+    let fake = FakeLlm::start().await;
+    let e = agent_env(&fake).await;
+    let s = e.serve(e.registry()).await;
+    let session = new_session(&s, json!({})).await;
+    let (st, b) = s.post("/api/v1/sessions", json!({ "model": "gpt-9" })).await;
+    assert_eq!((st, b["error"]["code"].clone()), (422, json!("unknown_model")));
+    let (st, b) = s.post("/api/v1/sessions", json!({ "workspace": "nowhere" })).await;
+    assert_eq!((st, b["error"]["code"].clone()), (422, json!("unknown_workspace")));
+    let cases = [
+        (json!({ "input": "" }), 400, "input"),
+        (json!({ "input": "   " }), 400, "input"),
+        (json!({ "input": [] }), 400, "input"),
+        (json!({ "input": [{ "type": "image" }] }), 400, "input"),
+        (json!({ "input": [{ "type": "text" }] }), 400, "input"),
+        (json!({ "input": 42 }), 400, "input"),
+        (json!({ "input": "hi", "model": "gpt-9" }), 422, "model"),
+        (json!({ "input": "hi", "multitask": "sometimes" }), 400, "multitask"),
+        (json!({ "input": "x".repeat(300 * 1024) }), 413, "input"),
+    ];
+    for (i, (body, status, field)) in cases.into_iter().enumerate() {
+        let (st, b) = send(&s, session, body).await;
+        assert_eq!(st, status, "case {i}: {b}");
+        assert_eq!(b["error"]["field"], field, "case {i}: {b}");
+    }
+    let (st, b) = send(&s, Uuid::now_v7(), json!({ "input": "hi" })).await;
+    assert_eq!((st, b["error"]["code"].clone()), (404, json!("not_found")));
+    let (jobs, msgs): (i64, i64) = sqlx::query_as("SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM messages)")
+        .fetch_one(&e.svc.pool)
+        .await
+        .expect("counts");
+    assert_eq!((jobs, msgs), (0, 0));
+    assert_eq!(fake.request_count(), 0);
+}
