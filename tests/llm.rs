@@ -487,7 +487,7 @@ async fn anthropic_is_not_implemented() {
 
 #[test]
 fn sse_parser_handles_splits_crlf_and_comments() {
-    let wire = "data: a\r\n\r\n: comment\n\nevent: x\ndata: b\ndata:c\n\nid: 1\rdata: [DONE]\r\rdata: tail\n";
+    let wire = "data: a\r\n\r\n: comment\n\nevent: x\r\ndata: b\r\ndata:c\r\n\r\nid: 1\rdata: [DONE]\r\rdata: tail\n";
     // Byte by byte: every split point, including between \r and \n.
     let mut p = SseParser::new();
     let mut got: Vec<String> = wire.bytes().flat_map(|b| p.feed(&[b])).collect();

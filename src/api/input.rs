@@ -17,10 +17,15 @@ pub async fn json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, Ap
     if bytes.is_empty() {
         return Err(ApiError::bad_request("request body must be a JSON object"));
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
-        let msg = e.to_string();
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.into_inner().to_string();
         let err = ApiError::bad_request(format!("invalid JSON body: {msg}"));
-        // serde names the field in backticks for missing/unknown/invalid fields.
+        if path != "." {
+            return err.with_field(&path);
+        }
+        // At the top level serde names a missing or unknown field in backticks.
         match msg.split('`').nth(1) {
             Some(field) if msg.contains("field") => err.with_field(field),
             _ => err,
