@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use crate::agent::turn::{self, AgentDeps};
 use crate::api::{self, AgentCatalog, AppState, Limits};
-use crate::llm::LlmClient;
 use crate::config::Settings;
 use crate::db::pool;
 use crate::events::Hub;
 use crate::kinds::{self, BuiltinDeps, http::NetPolicy};
+use crate::llm::LlmClient;
 use crate::worker::Registry;
 
 /// A connected, migrated database with the process's listener.
@@ -65,7 +65,10 @@ pub fn builtin_registry(pool: &PgPool, s: &Settings) -> anyhow::Result<Registry>
         max_rounds: 8,
         step_retries: 2,
     });
-    Ok(turn::register(kinds::register_builtins(Registry::new(), deps), agent))
+    Ok(turn::register(
+        kinds::register_builtins(Registry::new(), deps),
+        agent,
+    ))
 }
 
 /// The API state for these services.

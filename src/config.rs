@@ -151,9 +151,18 @@ impl Settings {
     /// Layers `over` (flags and env) on `file` on the defaults, and checks the result.
     pub fn resolve(over: Overrides, file: FileConfig) -> Result<Self, ConfigError> {
         let v = over.or(file.values);
-        let models = Models::from_toml(&file.other).map_err(|message| ConfigError::Invalid { key: "models", message })?;
+        let models = Models::from_toml(&file.other).map_err(|message| ConfigError::Invalid {
+            key: "models",
+            message,
+        })?;
         let workspaces: Vec<Workspace> = match file.other.get("workspaces") {
-            Some(w) => w.clone().try_into().map_err(|e: toml::de::Error| ConfigError::Invalid { key: "workspaces", message: e.to_string() })?,
+            Some(w) => w
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    key: "workspaces",
+                    message: e.to_string(),
+                })?,
             None => Vec::new(),
         };
         let listen_raw = v.listen.unwrap_or_else(|| "127.0.0.1:8080".into());

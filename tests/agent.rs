@@ -28,24 +28,35 @@ async fn agent_env(fake: &FakeLlm) -> Env {
     ))
     .expect("toml");
     e.settings.models = Models::from_toml(&table).expect("models");
-    e.settings.workspaces = vec![Workspace { name: "demo".into(), root: workspace(), allow_commands: false }];
+    e.settings.workspaces = vec![Workspace {
+        name: "demo".into(),
+        root: workspace(),
+        allow_commands: false,
+    }];
     e
 }
 
 async fn new_session(s: &Server, body: Value) -> Uuid {
     let (st, b) = s.post("/api/v1/sessions", body).await;
     assert_eq!(st, 201, "{b}");
-    b["id"].as_str().and_then(|i| i.parse().ok()).expect("session id")
+    b["id"]
+        .as_str()
+        .and_then(|i| i.parse().ok())
+        .expect("session id")
 }
 
 async fn send(s: &Server, session: Uuid, body: Value) -> (u16, Value) {
-    s.post(&format!("/api/v1/sessions/{session}/turns"), body).await
+    s.post(&format!("/api/v1/sessions/{session}/turns"), body)
+        .await
 }
 
 async fn turn(s: &Server, session: Uuid, input: &str) -> Uuid {
     let (st, b) = send(s, session, json!({ "input": input })).await;
     assert_eq!(st, 202, "{b}");
-    b["turn_id"].as_str().and_then(|i| i.parse().ok()).expect("turn id")
+    b["turn_id"]
+        .as_str()
+        .and_then(|i| i.parse().ok())
+        .expect("turn id")
 }
 
 async fn messages(s: &Server, session: Uuid) -> Vec<Value> {
@@ -56,7 +67,10 @@ async fn messages(s: &Server, session: Uuid) -> Vec<Value> {
 
 async fn session_events(s: &Server, session: Uuid) -> Vec<Value> {
     let r = s
-        .req(reqwest::Method::GET, &format!("/api/v1/sessions/{session}/events?limit=1000"))
+        .req(
+            reqwest::Method::GET,
+            &format!("/api/v1/sessions/{session}/events?limit=1000"),
+        )
         .header("accept", "application/json")
         .send()
         .await
@@ -76,17 +90,44 @@ async fn a_turn_with_two_tool_rounds_streams_checkpoints_and_sums_usage() {
     let e = agent_env(&fake).await;
     let s = e.serve(e.registry()).await;
     let w = e.worker(e.registry(), fast_worker()).await;
-    let session = new_session(&s, json!({ "workspace": "demo", "system_prompt": "Be brief." })).await;
+    let session = new_session(
+        &s,
+        json!({ "workspace": "demo", "system_prompt": "Be brief." }),
+    )
+    .await;
     let turn_id = turn(&s, session, "What is in my notes?").await;
     let job = s.wait(turn_id, 30).await;
     w.shutdown(Duration::from_secs(1)).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     let msgs = messages(&s, session).await;
-    let roles: Vec<&str> = msgs.iter().map(|m| m["role"].as_str().unwrap_or("?")).collect();
-    assert_eq!(roles, ["user", "assistant", "tool", "assistant", "tool", "assistant"]);
+    let roles: Vec<&str> = msgs
+        .iter()
+        .map(|m| m["role"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            "user",
+            "assistant",
+            "tool",
+            "assistant",
+            "tool",
+            "assistant"
+        ]
+    );
     assert!(msgs.iter().all(|m| m["status"] == "complete"));
-    assert!(msgs[2]["content"]["content"].as_str().unwrap_or("").contains("notes.txt"));
-    assert!(msgs[4]["content"]["content"].as_str().unwrap_or("").contains("hello spool"));
+    assert!(
+        msgs[2]["content"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .contains("notes.txt")
+    );
+    assert!(
+        msgs[4]["content"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .contains("hello spool")
+    );
     assert_eq!(msgs[5]["content"]["text"], "The notes say hello spool.");
     assert_eq!(job["result"]["usage"]["input_tokens"], 30);
     assert_eq!(job["result"]["usage"]["output_tokens"], 15);
@@ -97,8 +138,15 @@ async fn a_turn_with_two_tool_rounds_streams_checkpoints_and_sums_usage() {
     assert_eq!(count("tool_call"), 2);
     assert_eq!(count("tool_result"), 2);
     assert_eq!(count("usage"), 1);
-    let cursors: Vec<i64> = events.iter().map(|e| e["cursor"].as_i64().unwrap_or(-1)).collect();
-    assert_eq!(cursors, (1..=events.len() as i64).collect::<Vec<_>>(), "session cursor is gapless");
+    let cursors: Vec<i64> = events
+        .iter()
+        .map(|e| e["cursor"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(
+        cursors,
+        (1..=events.len() as i64).collect::<Vec<_>>(),
+        "session cursor is gapless"
+    );
     let final_id = msgs[5]["id"].clone();
     let streamed: String = events
         .iter()
@@ -109,12 +157,23 @@ async fn a_turn_with_two_tool_rounds_streams_checkpoints_and_sums_usage() {
     assert!(count("delta") >= 2, "text must stream in pieces");
     let reqs = fake.requests();
     assert_eq!(reqs.len(), 3);
-    let names: Vec<&str> = reqs[0]["tools"].as_array().expect("tools").iter().filter_map(|t| t["function"]["name"].as_str()).collect();
+    let names: Vec<&str> = reqs[0]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["function"]["name"].as_str())
+        .collect();
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(names, sorted, "tools are sent sorted by name");
     assert_eq!(reqs[0]["messages"][0]["role"], "system");
-    let tool_msg = reqs[1]["messages"].as_array().expect("msgs").iter().find(|m| m["role"] == "tool").cloned().expect("tool msg");
+    let tool_msg = reqs[1]["messages"]
+        .as_array()
+        .expect("msgs")
+        .iter()
+        .find(|m| m["role"] == "tool")
+        .cloned()
+        .expect("tool msg");
     assert_eq!(tool_msg["tool_call_id"], "call_1");
 }
 
@@ -122,7 +181,11 @@ async fn a_turn_with_two_tool_rounds_streams_checkpoints_and_sums_usage() {
 async fn the_last_round_withholds_tools_so_the_model_must_answer() {
     let fake = FakeLlm::start().await;
     for i in 0..7 {
-        fake.push(Reply::tool_call(&format!("c{i}"), "list_dir", r#"{"path":"."}"#));
+        fake.push(Reply::tool_call(
+            &format!("c{i}"),
+            "list_dir",
+            r#"{"path":"."}"#,
+        ));
     }
     fake.push(Reply::text("Done looking."));
     let e = agent_env(&fake).await;
@@ -134,8 +197,17 @@ async fn the_last_round_withholds_tools_so_the_model_must_answer() {
     assert_eq!(job["state"], "succeeded", "{job}");
     let reqs = fake.requests();
     assert_eq!(reqs.len(), 8);
-    assert!(reqs[..7].iter().all(|r| r["tools"].as_array().is_some_and(|t| !t.is_empty())));
-    assert!(reqs[7].get("tools").is_none_or(|t| t.as_array().is_none_or(|a| a.is_empty())), "last round offered tools");
+    assert!(
+        reqs[..7]
+            .iter()
+            .all(|r| r["tools"].as_array().is_some_and(|t| !t.is_empty()))
+    );
+    assert!(
+        reqs[7]
+            .get("tools")
+            .is_none_or(|t| t.as_array().is_none_or(|a| a.is_empty())),
+        "last round offered tools"
+    );
 }
 
 fn slow_text(words: usize, delay_ms: u64) -> Reply {
@@ -149,14 +221,23 @@ fn slow_text(words: usize, delay_ms: u64) -> Reply {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turns_queue_fifo_and_abort_keeps_partial_text_then_runs_the_next() {
     let fake = FakeLlm::start().await;
-    fake.push_all([slow_text(60, 100), Reply::text("second answer"), Reply::text("third answer")]);
+    fake.push_all([
+        slow_text(60, 100),
+        Reply::text("second answer"),
+        Reply::text("third answer"),
+    ]);
     let e = agent_env(&fake).await;
     let s = e.serve(e.registry()).await;
     let w = e.worker(e.registry(), fast_worker()).await;
     let session = new_session(&s, json!({})).await;
     let t1 = turn(&s, session, "one").await;
     let (_, b2) = send(&s, session, json!({ "input": "two" })).await;
-    let (_, b3) = send(&s, session, json!({ "input": [{ "type": "text", "text": "three" }] })).await;
+    let (_, b3) = send(
+        &s,
+        session,
+        json!({ "input": [{ "type": "text", "text": "three" }] }),
+    )
+    .await;
     assert_eq!(b2["position"], 1);
     assert_eq!(b3["position"], 2);
     let streaming = eventually(Duration::from_secs(10), || async {
@@ -165,33 +246,58 @@ async fn turns_queue_fifo_and_abort_keeps_partial_text_then_runs_the_next() {
     })
     .await;
     assert!(streaming.is_some(), "turn 1 never streamed");
-    let (st, ab) = s.post(&format!("/api/v1/sessions/{session}/abort"), json!({})).await;
+    let (st, ab) = s
+        .post(&format!("/api/v1/sessions/{session}/abort"), json!({}))
+        .await;
     assert_eq!(st, 200, "{ab}");
     assert_eq!(ab["aborted_turn"], json!(t1.to_string()));
     let j1 = s.wait(t1, 5).await;
     assert_eq!(j1["state"], "cancelled");
-    let t3: Uuid = b3["turn_id"].as_str().and_then(|i| i.parse().ok()).expect("t3");
+    let t3: Uuid = b3["turn_id"]
+        .as_str()
+        .and_then(|i| i.parse().ok())
+        .expect("t3");
     let j3 = s.wait(t3, 20).await;
     w.shutdown(Duration::from_secs(1)).await;
     assert_eq!(j3["state"], "succeeded");
     let msgs = messages(&s, session).await;
     let summary: Vec<(String, String)> = msgs
         .iter()
-        .map(|m| (m["role"].as_str().unwrap_or("").to_owned(), m["status"].as_str().unwrap_or("").to_owned()))
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap_or("").to_owned(),
+                m["status"].as_str().unwrap_or("").to_owned(),
+            )
+        })
         .collect();
-    let expect: Vec<(String, String)> = [("user", "complete"), ("assistant", "cancelled"), ("user", "complete"), ("assistant", "complete"), ("user", "complete"), ("assistant", "complete")]
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
+    let expect: Vec<(String, String)> = [
+        ("user", "complete"),
+        ("assistant", "cancelled"),
+        ("user", "complete"),
+        ("assistant", "complete"),
+        ("user", "complete"),
+        ("assistant", "complete"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
     assert_eq!(summary, expect);
     let partial = msgs[1]["content"]["text"].as_str().unwrap_or("");
-    assert!(partial.starts_with("w0 w1 w2"), "partial text kept: {partial:?}");
+    assert!(
+        partial.starts_with("w0 w1 w2"),
+        "partial text kept: {partial:?}"
+    );
     assert!(!partial.contains("w59"), "the aborted reply did not stop");
     assert_eq!(msgs[3]["content"]["text"], "second answer");
     assert_eq!(msgs[5]["content"]["text"], "third answer");
     // FIFO: each turn's request carried the earlier turns as history.
     let reqs = fake.requests();
-    let last_user = |r: &Value| r["messages"].as_array().and_then(|m| m.iter().rev().find(|x| x["role"] == "user").cloned()).unwrap_or(Value::Null);
+    let last_user = |r: &Value| {
+        r["messages"]
+            .as_array()
+            .and_then(|m| m.iter().rev().find(|x| x["role"] == "user").cloned())
+            .unwrap_or(Value::Null)
+    };
     assert_eq!(last_user(&reqs[1])["content"], "two");
     assert_eq!(last_user(&reqs[2])["content"], "three");
 }
@@ -199,7 +305,12 @@ async fn turns_queue_fifo_and_abort_keeps_partial_text_then_runs_the_next() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reject_interrupt_and_rollback_strategies() {
     let fake = FakeLlm::start().await;
-    fake.push_all([slow_text(60, 100), Reply::text("after interrupt"), slow_text(60, 100), Reply::text("after rollback")]);
+    fake.push_all([
+        slow_text(60, 100),
+        Reply::text("after interrupt"),
+        slow_text(60, 100),
+        Reply::text("after rollback"),
+    ]);
     let e = agent_env(&fake).await;
     let s = e.serve(e.registry()).await;
     let w = e.worker(e.registry(), fast_worker()).await;
@@ -216,28 +327,77 @@ async fn reject_interrupt_and_rollback_strategies() {
         }
     };
     assert!(wait_deltas(2).await.is_some());
-    let (st, b) = send(&s, session, json!({ "input": "nope", "multitask": "reject" })).await;
+    let (st, b) = send(
+        &s,
+        session,
+        json!({ "input": "nope", "multitask": "reject" }),
+    )
+    .await;
     assert_eq!(st, 409, "{b}");
-    let (st, b) = send(&s, session, json!({ "input": "now this", "multitask": "interrupt" })).await;
+    let (st, b) = send(
+        &s,
+        session,
+        json!({ "input": "now this", "multitask": "interrupt" }),
+    )
+    .await;
     assert_eq!(st, 202, "{b}");
-    let t2: Uuid = b["turn_id"].as_str().and_then(|i| i.parse().ok()).expect("t2");
+    let t2: Uuid = b["turn_id"]
+        .as_str()
+        .and_then(|i| i.parse().ok())
+        .expect("t2");
     assert_eq!(s.wait(t1, 5).await["state"], "cancelled");
     assert_eq!(s.wait(t2, 20).await["state"], "succeeded");
     let t3 = turn(&s, session, "third, to be rolled back").await;
-    let before = session_events(&s, session).await.iter().filter(|e| e["kind"] == "delta").count();
+    let before = session_events(&s, session)
+        .await
+        .iter()
+        .filter(|e| e["kind"] == "delta")
+        .count();
     assert!(wait_deltas(before + 2).await.is_some());
-    let (st, b) = send(&s, session, json!({ "input": "replace it", "multitask": "rollback" })).await;
+    let (st, b) = send(
+        &s,
+        session,
+        json!({ "input": "replace it", "multitask": "rollback" }),
+    )
+    .await;
     assert_eq!(st, 202, "{b}");
-    let t4: Uuid = b["turn_id"].as_str().and_then(|i| i.parse().ok()).expect("t4");
+    let t4: Uuid = b["turn_id"]
+        .as_str()
+        .and_then(|i| i.parse().ok())
+        .expect("t4");
     assert_eq!(s.wait(t3, 5).await["state"], "cancelled");
     assert_eq!(s.wait(t4, 20).await["state"], "succeeded");
     w.shutdown(Duration::from_secs(1)).await;
     let msgs = messages(&s, session).await;
-    let texts: Vec<String> = msgs.iter().map(|m| format!("{}:{}", m["role"].as_str().unwrap_or(""), m["content"]["text"].as_str().unwrap_or(""))).collect();
-    assert!(!texts.iter().any(|t| t.contains("rejected") || t == "user:nope"), "a rejected turn left a message");
-    assert!(!texts.iter().any(|t| t.contains("rolled back")), "rollback kept the cancelled turn's messages: {texts:?}");
-    assert!(msgs.iter().any(|m| m["status"] == "cancelled" && m["turn_id"] == json!(t1.to_string())), "interrupt keeps the partial reply");
-    assert_eq!(texts.last().map(String::as_str), Some("assistant:after rollback"));
+    let texts: Vec<String> = msgs
+        .iter()
+        .map(|m| {
+            format!(
+                "{}:{}",
+                m["role"].as_str().unwrap_or(""),
+                m["content"]["text"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert!(
+        !texts
+            .iter()
+            .any(|t| t.contains("rejected") || t == "user:nope"),
+        "a rejected turn left a message"
+    );
+    assert!(
+        !texts.iter().any(|t| t.contains("rolled back")),
+        "rollback kept the cancelled turn's messages: {texts:?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m["status"] == "cancelled" && m["turn_id"] == json!(t1.to_string())),
+        "interrupt keeps the partial reply"
+    );
+    assert_eq!(
+        texts.last().map(String::as_str),
+        Some("assistant:after rollback")
+    );
 }
 
 #[tokio::test]
@@ -246,10 +406,20 @@ async fn bad_turn_input_gets_a_clear_4xx_and_stores_nothing() {
     let e = agent_env(&fake).await;
     let s = e.serve(e.registry()).await;
     let session = new_session(&s, json!({})).await;
-    let (st, b) = s.post("/api/v1/sessions", json!({ "model": "gpt-9" })).await;
-    assert_eq!((st, b["error"]["code"].clone()), (422, json!("unknown_model")));
-    let (st, b) = s.post("/api/v1/sessions", json!({ "workspace": "nowhere" })).await;
-    assert_eq!((st, b["error"]["code"].clone()), (422, json!("unknown_workspace")));
+    let (st, b) = s
+        .post("/api/v1/sessions", json!({ "model": "gpt-9" }))
+        .await;
+    assert_eq!(
+        (st, b["error"]["code"].clone()),
+        (422, json!("unknown_model"))
+    );
+    let (st, b) = s
+        .post("/api/v1/sessions", json!({ "workspace": "nowhere" }))
+        .await;
+    assert_eq!(
+        (st, b["error"]["code"].clone()),
+        (422, json!("unknown_workspace"))
+    );
     let cases = [
         (json!({ "input": "" }), 400, "input"),
         (json!({ "input": "   " }), 400, "input"),
@@ -258,7 +428,11 @@ async fn bad_turn_input_gets_a_clear_4xx_and_stores_nothing() {
         (json!({ "input": [{ "type": "text" }] }), 400, "input"),
         (json!({ "input": 42 }), 400, "input"),
         (json!({ "input": "hi", "model": "gpt-9" }), 422, "model"),
-        (json!({ "input": "hi", "multitask": "sometimes" }), 400, "multitask"),
+        (
+            json!({ "input": "hi", "multitask": "sometimes" }),
+            400,
+            "multitask",
+        ),
         (json!({ "input": "x".repeat(300 * 1024) }), 413, "input"),
     ];
     for (i, (body, status, field)) in cases.into_iter().enumerate() {
@@ -268,10 +442,171 @@ async fn bad_turn_input_gets_a_clear_4xx_and_stores_nothing() {
     }
     let (st, b) = send(&s, Uuid::now_v7(), json!({ "input": "hi" })).await;
     assert_eq!((st, b["error"]["code"].clone()), (404, json!("not_found")));
-    let (jobs, msgs): (i64, i64) = sqlx::query_as("SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM messages)")
-        .fetch_one(&e.svc.pool)
-        .await
-        .expect("counts");
+    let (jobs, msgs): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM messages)")
+            .fetch_one(&e.svc.pool)
+            .await
+            .expect("counts");
     assert_eq!((jobs, msgs), (0, 0));
     assert_eq!(fake.request_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refreshed_session_stream_resumes_to_the_identical_transcript() {
+    let fake = FakeLlm::start().await;
+    fake.push(slow_text(30, 40));
+    let e = agent_env(&fake).await;
+    let s = e.serve(e.registry()).await;
+    let session = new_session(&s, json!({})).await;
+    let path = format!("/api/v1/sessions/{session}/events");
+    let open = |last: Option<i64>| {
+        let mut r = s
+            .req(reqwest::Method::GET, &path)
+            .header("accept", "text/event-stream");
+        if let Some(id) = last {
+            r = r.header("last-event-id", id.to_string());
+        }
+        r.send()
+    };
+    let finished = |f: &common::sse::Frame| f.1 == "state" && f.2["data"]["state"] == "succeeded";
+    let steady = open(None).await.expect("sse");
+    let w = e.worker(e.registry(), fast_worker()).await;
+    let turn_id = turn(&s, session, "stream please").await;
+    let reader = tokio::spawn(common::sse::read(steady, 10_000, finished));
+    let first = common::sse::read(open(None).await.expect("sse"), 8, |_| false).await;
+    assert_eq!(first.len(), 8);
+    assert!(
+        first.iter().any(|f| f.1 == "delta"),
+        "reconnect should happen mid-stream"
+    );
+    let rest = tokio::time::timeout(
+        Duration::from_secs(20),
+        common::sse::read(
+            open(first.last().map(|f| f.0)).await.expect("sse"),
+            10_000,
+            finished,
+        ),
+    )
+    .await
+    .expect("the resumed stream reached the end of the turn");
+    let steady = tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .expect("steady reader")
+        .expect("join");
+    assert_eq!(s.wait(turn_id, 10).await["state"], "succeeded");
+    w.shutdown(Duration::from_secs(1)).await;
+    let resumed: Vec<common::sse::Frame> = first.into_iter().chain(rest).collect();
+    assert_eq!(
+        resumed, steady,
+        "a refreshed client must see exactly the uninterrupted transcript"
+    );
+    let text: String = steady
+        .iter()
+        .filter(|f| f.1 == "delta")
+        .filter_map(|f| f.2["data"]["text"].as_str())
+        .collect();
+    assert_eq!(text, (0..30).map(|i| format!("w{i} ")).collect::<String>());
+}
+
+/// A `spool worker` process configured for the fake model and the demo workspace.
+async fn worker_process(e: &Env, fake: &FakeLlm) -> tokio::process::Child {
+    let dir = std::env::temp_dir().join(format!("spool-cfg-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let root = e.settings.workspaces[0].root.display().to_string();
+    let toml = format!(
+        "default_model = \"fake\"\n[[models]]\nname = \"fake\"\nprovider = \"openai\"\nbase_url = \"{}\"\n\n[[workspaces]]\nname = \"demo\"\nroot = \"{root}\"\n",
+        fake.base_url
+    );
+    let cfg = dir.join("spool.toml");
+    std::fs::write(&cfg, toml).expect("config");
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_spool"))
+        .arg("worker")
+        .arg("--config")
+        .arg(&cfg)
+        .env("DATABASE_URL", &e.db.url)
+        .env("SPOOL_LEASE_S", "2")
+        .env("SPOOL_HTTP_ALLOW_LOOPBACK", "true")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn worker")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_round_one_resumes_without_rerunning_tools() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&hits);
+    let side_effect = axum::Router::new().route(
+        "/side-effect",
+        axum::routing::get(move || {
+            let counted = Arc::clone(&counted);
+            async move { format!("effect #{}", counted.fetch_add(1, Ordering::SeqCst) + 1) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, side_effect).await });
+
+    let fake = FakeLlm::start().await;
+    let url = format!("http://{addr}/side-effect");
+    fake.push_all([
+        Reply::tool_call("call_1", "http_fetch", &json!({ "url": url }).to_string()),
+        Reply::Stall {
+            chunks: vec![Chunk::Text("doomed partial ".into())],
+            stall_ms: 60_000,
+        },
+        Reply::text("The effect happened once."),
+    ]);
+    let e = agent_env(&fake).await;
+    let s = e.serve(e.registry()).await;
+    let mut victim = worker_process(&e, &fake).await;
+    let session = new_session(&s, json!({ "workspace": "demo" })).await;
+    let turn_id = turn(&s, session, "trigger the side effect").await;
+    let mid_round_two = eventually(Duration::from_secs(30), || async {
+        let saved = messages(&s, session)
+            .await
+            .iter()
+            .any(|m| m["role"] == "tool");
+        (saved && fake.request_count() == 2).then_some(())
+    })
+    .await;
+    assert!(
+        mid_round_two.is_some(),
+        "the first worker never reached round 2"
+    );
+    victim.start_kill().expect("kill -9");
+    let _ = victim.wait().await;
+    let cfg = spool::worker::WorkerConfig {
+        rescue_interval: Duration::from_millis(200),
+        ..fast_worker()
+    };
+    let w = e.worker(e.registry(), cfg).await;
+    let job = s.wait(turn_id, 30).await;
+    w.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempt"], 2);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the finished tool call ran again"
+    );
+    let msgs = messages(&s, session).await;
+    let roles: Vec<&str> = msgs
+        .iter()
+        .map(|m| m["role"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(roles, ["user", "assistant", "tool", "assistant"]);
+    assert_eq!(msgs[3]["content"]["text"], "The effect happened once.");
+    assert!(
+        msgs.iter()
+            .all(|m| !m.to_string().contains("doomed partial")),
+        "the dead attempt's partial text was kept"
+    );
+    assert_eq!(fake.request_count(), 3);
 }

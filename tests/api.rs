@@ -5,7 +5,6 @@ mod common;
 use std::time::Duration;
 
 use common::{env, fast_worker};
-use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -228,37 +227,8 @@ async fn every_error_code_answers_json_and_changes_nothing() {
     );
 }
 
-/// Reads SSE frames as (id, event, data) until `max` frames or the stream ends.
-async fn read_sse(resp: reqwest::Response, max: usize) -> Vec<(i64, String, Value)> {
-    let mut out = Vec::new();
-    let mut buf = String::new();
-    let mut stream = resp.bytes_stream();
-    while out.len() < max {
-        let Some(chunk) = stream.next().await else {
-            break;
-        };
-        buf.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
-        while let Some(end) = buf.find("\n\n") {
-            let frame: String = buf.drain(..end + 2).collect();
-            let (mut id, mut ev, mut data) = (None, String::new(), String::new());
-            for line in frame.lines() {
-                if let Some(v) = line.strip_prefix("id:") {
-                    id = v.trim().parse().ok();
-                } else if let Some(v) = line.strip_prefix("event:") {
-                    ev = v.trim().to_owned();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim_start());
-                }
-            }
-            if let Some(id) = id {
-                out.push((id, ev, serde_json::from_str(&data).unwrap_or(Value::Null)));
-                if out.len() == max {
-                    break;
-                }
-            }
-        }
-    }
-    out
+async fn read_sse(resp: reqwest::Response, max: usize) -> Vec<common::sse::Frame> {
+    common::sse::read(resp, max, |_| false).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

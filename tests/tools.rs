@@ -79,6 +79,11 @@ fn assert_ok(out: &ToolOutput) {
     assert!(!out.is_error, "expected success, got {out:?}");
 }
 
+/// Calls a tool and asserts it answers with an error mentioning `needle`.
+async fn err(ctx: &ToolContext, name: &str, args: Value, needle: &str) {
+    assert_error(&call(ctx, name, args).await, needle);
+}
+
 fn names(ws: Option<&Workspace>) -> Vec<String> {
     tools::specs(ws).into_iter().map(|s| s.name).collect()
 }
@@ -162,18 +167,15 @@ async fn read_file_reads_windows_and_truncates_at_64_kib() {
     .await;
     assert!(more.content.starts_with(&format!("line {next}\n")));
 
-    assert_error(
-        &call(&c, "read_file", json!({"path": "bin.dat"})).await,
+    err(
+        &c,
+        "read_file",
+        json!({"path": "bin.dat"}),
         "not a text file",
-    );
-    assert_error(
-        &call(&c, "read_file", json!({"path": "nope.txt"})).await,
-        "no such file",
-    );
-    assert_error(
-        &call(&c, "read_file", json!({"path": "sub"})).await,
-        "is a directory",
-    );
+    )
+    .await;
+    err(&c, "read_file", json!({"path": "nope.txt"}), "no such file").await;
+    err(&c, "read_file", json!({"path": "sub"}), "is a directory").await;
 }
 
 #[tokio::test]
@@ -185,18 +187,21 @@ async fn paths_cannot_escape_the_workspace() {
         let out = call(&c, "read_file", json!({"path": path})).await;
         assert_error(&out, escapes);
     }
-    assert_error(
-        &call(&c, "list_dir", json!({"path": "link_out"})).await,
+    err(&c, "list_dir", json!({"path": "link_out"}), escapes).await;
+    err(
+        &c,
+        "grep",
+        json!({"pattern": "root", "path": "link_out"}),
         escapes,
-    );
-    assert_error(
-        &call(&c, "grep", json!({"pattern": "root", "path": "link_out"})).await,
+    )
+    .await;
+    err(
+        &c,
+        "find_files",
+        json!({"pattern": "*", "path": "/etc"}),
         escapes,
-    );
-    assert_error(
-        &call(&c, "find_files", json!({"pattern": "*", "path": "/etc"})).await,
-        escapes,
-    );
+    )
+    .await;
 
     // A symlink to a file inside is fine, and so is an absolute path inside the root.
     let out = call(&c, "read_file", json!({"path": "link_in"})).await;
@@ -247,10 +252,13 @@ async fn list_dir_reports_sorted_typed_entries() {
 
     let out = call(&c, "list_dir", json!({"path": "sub"})).await;
     assert_eq!(out.content, "deep/\ninner.rs  (28 bytes)\n");
-    assert_error(
-        &call(&c, "list_dir", json!({"path": "hello.txt"})).await,
+    err(
+        &c,
+        "list_dir",
+        json!({"path": "hello.txt"}),
         "not a directory",
-    );
+    )
+    .await;
 
     let many = temp_ws();
     for i in 0..1005 {
@@ -284,7 +292,7 @@ async fn grep_finds_lines_and_skips_binary_git_and_symlinks() {
     assert_eq!(out.data["matches"], 0, "case-sensitive");
     let out = call(&c, "grep", json!({"pattern": "line", "path": "sub"})).await;
     assert_eq!(out.data["matches"], 0);
-    assert_error(&call(&c, "grep", json!({"pattern": ""})).await, "empty");
+    err(&c, "grep", json!({"pattern": ""}), "empty").await;
 }
 
 #[tokio::test]
@@ -343,14 +351,14 @@ async fn unknown_tools_and_bad_arguments_are_tool_errors() {
         &tools::run("read_file", "[1]", &c).await,
         "must be a JSON object",
     );
-    assert_error(
-        &call(&c, "read_file", json!({"path": "hello.txt", "mode": "x"})).await,
+    err(
+        &c,
+        "read_file",
+        json!({"path": "hello.txt", "mode": "x"}),
         "unknown field",
-    );
-    assert_error(
-        &call(&c, "read_file", json!({})).await,
-        "missing field `path`",
-    );
+    )
+    .await;
+    err(&c, "read_file", json!({}), "missing field `path`").await;
     // An empty string means "no arguments".
     assert_ok(&tools::run("list_dir", "", &c).await);
 }
@@ -378,11 +386,14 @@ async fn run_command_runs_argv_in_the_root_without_a_shell() {
     let out = call(&c, "run_command", json!({"argv": ["false"]})).await;
     assert_ok(&out);
     assert_eq!(out.data["exit_code"], 1);
-    assert_error(
-        &call(&c, "run_command", json!({"argv": ["no-such-program-xyz"]})).await,
+    err(
+        &c,
+        "run_command",
+        json!({"argv": ["no-such-program-xyz"]}),
         "command not found",
-    );
-    assert_error(&call(&c, "run_command", json!({"argv": []})).await, "argv");
+    )
+    .await;
+    err(&c, "run_command", json!({"argv": []}), "argv").await;
 }
 
 #[tokio::test]
@@ -471,15 +482,13 @@ async fn run_command_times_out_and_kills_the_group() {
         "background sleep survived"
     );
 
-    assert_error(
-        &call(
-            &c,
-            "run_command",
-            json!({"argv": ["true"], "timeout_s": 500}),
-        )
-        .await,
+    err(
+        &c,
+        "run_command",
+        json!({"argv": ["true"], "timeout_s": 500}),
         "timeout_s",
-    );
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -38,7 +38,12 @@ pub fn build(system: Option<&str>, messages: &[Message]) -> Vec<ChatMessage> {
         .collect();
     let mut out = Vec::with_capacity(messages.len() + 1);
     if let Some(s) = system.filter(|s| !s.is_empty()) {
-        out.push(ChatMessage { role: Role::System, content: Some(s.to_owned()), tool_calls: vec![], tool_call_id: None });
+        out.push(ChatMessage {
+            role: Role::System,
+            content: Some(s.to_owned()),
+            tool_calls: vec![],
+            tool_call_id: None,
+        });
     }
     let mut answered: HashSet<String> = HashSet::new();
     for m in messages {
@@ -55,7 +60,12 @@ pub fn build(system: Option<&str>, messages: &[Message]) -> Vec<ChatMessage> {
                 if content.is_none() && calls.is_empty() {
                     continue;
                 }
-                out.push(ChatMessage { role: Role::Assistant, content, tool_calls: calls.clone(), tool_call_id: None });
+                out.push(ChatMessage {
+                    role: Role::Assistant,
+                    content,
+                    tool_calls: calls.clone(),
+                    tool_call_id: None,
+                });
                 for call in calls {
                     let result = results
                         .get(call.id.as_str())
@@ -126,16 +136,33 @@ mod tests {
         let history = vec![
             msg("user", json!({ "text": "hi" }), None, t),
             msg("tool", json!({ "content": "stray" }), Some("nobody"), t),
-            msg("assistant", json!({ "text": "", "tool_calls": [call("a"), call("b")] }), None, t),
+            msg(
+                "assistant",
+                json!({ "text": "", "tool_calls": [call("a"), call("b")] }),
+                None,
+                t,
+            ),
             msg("tool", json!({ "content": "result a" }), Some("a"), t),
         ];
         let out = build(Some("sys"), &history);
         let roles: Vec<Role> = out.iter().map(|m| m.role).collect();
-        assert_eq!(roles, [Role::System, Role::User, Role::Assistant, Role::Tool, Role::Tool]);
+        assert_eq!(
+            roles,
+            [
+                Role::System,
+                Role::User,
+                Role::Assistant,
+                Role::Tool,
+                Role::Tool
+            ]
+        );
         assert_eq!(out[3].content.as_deref(), Some("result a"));
         assert_eq!(out[4].content.as_deref(), Some(INTERRUPTED));
         assert!(out.iter().all(|m| m.content.as_deref() != Some("stray")));
-        let pending: Vec<String> = pending_calls(&history, t).into_iter().map(|c| c.id).collect();
+        let pending: Vec<String> = pending_calls(&history, t)
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
         assert_eq!(pending, ["b"]);
     }
 }

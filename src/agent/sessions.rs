@@ -70,7 +70,13 @@ pub async fn send_turn(
 ) -> Result<SentTurn, SessionError> {
     let key = turn_key(session_id);
     if matches!(multitask, Multitask::Interrupt | Multitask::Rollback) {
-        stop_active(pool, project_id, session_id, multitask == Multitask::Rollback).await?;
+        stop_active(
+            pool,
+            project_id,
+            session_id,
+            multitask == Multitask::Rollback,
+        )
+        .await?;
     }
     let mut tx = pool.begin().await?;
     // Locking the session serializes senders, so positions and `reject` are exact.
@@ -81,20 +87,34 @@ pub async fn send_turn(
     if multitask == Multitask::Reject && !active.is_empty() {
         return Err(SessionError::Busy);
     }
-    let mut job = NewJob::new(TURN_KIND, json!({ "session_id": session_id, "model": model }));
+    let mut job = NewJob::new(
+        TURN_KIND,
+        json!({ "session_id": session_id, "model": model }),
+    );
     job.concurrency_key = Some(key);
     job.stream_id = Some(session_id);
     job.idempotency_key = idempotency_key;
     job.max_attempts = Some(3);
     let turn = enqueue(&mut tx, project_id, &job).await?;
     let turn_id = turn.job().id;
-    let message_id = store::insert_user_message(&mut tx, session_id, turn_id, &json!({ "text": input_text(input) , "input": input })).await?;
+    let message_id = store::insert_user_message(
+        &mut tx,
+        session_id,
+        turn_id,
+        &json!({ "text": input_text(input) , "input": input }),
+    )
+    .await?;
     let title: String = input_text(input).chars().take(100).collect();
     if !title.trim().is_empty() {
         store::set_title_if_empty(&mut tx, session_id, title.trim()).await?;
     }
     tx.commit().await?;
-    Ok(SentTurn { turn_id, job_id: turn_id, position: active.len(), message_id })
+    Ok(SentTurn {
+        turn_id,
+        job_id: turn_id,
+        position: active.len(),
+        message_id,
+    })
 }
 
 /// The plain text of an input: a string, or the text blocks of a content array joined.
@@ -112,7 +132,12 @@ pub fn input_text(input: &Value) -> String {
 }
 
 /// Cancels the running turn (and, for rollback, waits for it to end and removes its messages).
-async fn stop_active(pool: &PgPool, project_id: Uuid, session_id: Uuid, rollback: bool) -> Result<(), SessionError> {
+async fn stop_active(
+    pool: &PgPool,
+    project_id: Uuid,
+    session_id: Uuid,
+    rollback: bool,
+) -> Result<(), SessionError> {
     let running: Vec<Uuid> = {
         let mut conn = pool.acquire().await?;
         active_with_key(&mut conn, project_id, &turn_key(session_id))
@@ -135,7 +160,12 @@ async fn stop_active(pool: &PgPool, project_id: Uuid, session_id: Uuid, rollback
     Ok(())
 }
 
-async fn wait_terminal(pool: &PgPool, project_id: Uuid, id: Uuid, limit: Duration) -> Result<(), SessionError> {
+async fn wait_terminal(
+    pool: &PgPool,
+    project_id: Uuid,
+    id: Uuid,
+    limit: Duration,
+) -> Result<(), SessionError> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let mut conn = pool.acquire().await?;
@@ -150,7 +180,11 @@ async fn wait_terminal(pool: &PgPool, project_id: Uuid, id: Uuid, limit: Duratio
 
 /// Stops the running turn: its partial text is kept and marked cancelled; the next queued turn
 /// starts. Returns the turn that was asked to stop, if any.
-pub async fn abort(pool: &PgPool, project_id: Uuid, session_id: Uuid) -> Result<Option<Uuid>, SessionError> {
+pub async fn abort(
+    pool: &PgPool,
+    project_id: Uuid,
+    session_id: Uuid,
+) -> Result<Option<Uuid>, SessionError> {
     let mut conn = pool.acquire().await?;
     store::session(&mut conn, project_id, session_id, false)
         .await?
@@ -160,7 +194,9 @@ pub async fn abort(pool: &PgPool, project_id: Uuid, session_id: Uuid) -> Result<
         .into_iter()
         .find(|(_, s)| matches!(s, JobState::Running | JobState::Waiting));
     drop(conn);
-    let Some((id, _)) = running else { return Ok(None) };
+    let Some((id, _)) = running else {
+        return Ok(None);
+    };
     match control::cancel(pool, project_id, id).await {
         Ok(_) | Err(QueueError::WrongState(..)) => Ok(Some(id)),
         Err(e) => Err(e.into()),

@@ -114,7 +114,11 @@ pub async fn sessions(
 }
 
 /// Deletes a session with its transcript. Returns whether it existed.
-pub async fn delete_session(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<bool, sqlx::Error> {
+pub async fn delete_session(
+    pool: &PgPool,
+    project_id: Uuid,
+    id: Uuid,
+) -> Result<bool, sqlx::Error> {
     let r = sqlx::query!(
         "DELETE FROM sessions WHERE id = $1 AND project_id = $2",
         id,
@@ -126,7 +130,11 @@ pub async fn delete_session(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result
 }
 
 /// Gives an untitled session its first title.
-pub async fn set_title_if_empty(conn: &mut PgConnection, id: Uuid, title: &str) -> Result<(), sqlx::Error> {
+pub async fn set_title_if_empty(
+    conn: &mut PgConnection,
+    id: Uuid,
+    title: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "UPDATE sessions SET title = $2, updated_at = now() WHERE id = $1 AND title IS NULL",
         id,

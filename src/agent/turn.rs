@@ -16,7 +16,9 @@ use super::history;
 use super::sessions::TURN_KIND;
 use super::store::{self, Fence};
 use crate::llm::config::{ModelConfig, Models};
-use crate::llm::{ChatRequest, Completion, LlmClient, LlmError, StreamEvent, ToolCall, ToolDef, Usage};
+use crate::llm::{
+    ChatRequest, Completion, LlmClient, LlmError, StreamEvent, ToolCall, ToolDef, Usage,
+};
 use crate::tools::{self, ToolContext, Workspace};
 use crate::worker::{JobContext, JobError, Registry};
 
@@ -40,7 +42,9 @@ pub struct AgentDeps {
 
 /// Adds the `agent.turn` kind to `registry`.
 pub fn register(registry: Registry, deps: Arc<AgentDeps>) -> Registry {
-    registry.register(TURN_KIND, move |ctx: JobContext| run(Arc::clone(&deps), ctx))
+    registry.register(TURN_KIND, move |ctx: JobContext| {
+        run(Arc::clone(&deps), ctx)
+    })
 }
 
 fn lost() -> JobError {
@@ -53,22 +57,48 @@ fn db(e: sqlx::Error) -> JobError {
 
 async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
     let fence = ctx.fence();
-    let session_id = ctx.args.get("session_id").and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok())
+    let session_id = ctx
+        .args
+        .get("session_id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
         .ok_or_else(|| JobError::fail("args.session_id is missing"))?;
     let session = {
         let mut conn = deps.pool.acquire().await.map_err(db)?;
-        store::session(&mut conn, ctx.project_id, session_id, false).await.map_err(db)?
+        store::session(&mut conn, ctx.project_id, session_id, false)
+            .await
+            .map_err(db)?
     }
     .ok_or_else(|| JobError::fail("the session no longer exists"))?;
-    let model_name = ctx.args.get("model").and_then(Value::as_str).unwrap_or(&session.model).to_owned();
-    let model = deps.models.get(&model_name).cloned()
+    let model_name = ctx
+        .args
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or(&session.model)
+        .to_owned();
+    let model = deps
+        .models
+        .get(&model_name)
+        .cloned()
         .ok_or_else(|| JobError::fail(format!("unknown model `{model_name}`")))?;
-    if !store::discard_partial(&deps.pool, fence).await.map_err(db)? {
+    if !store::discard_partial(&deps.pool, fence)
+        .await
+        .map_err(db)?
+    {
         return Err(lost());
     }
-    let workspace = session.workspace.as_deref().and_then(|w| deps.workspaces.iter().find(|x| x.name == w)).cloned();
-    let defs: Vec<ToolDef> = tools::specs(workspace.as_ref()).into_iter()
-        .map(|s| ToolDef { name: s.name, description: s.description, parameters: s.parameters })
+    let workspace = session
+        .workspace
+        .as_deref()
+        .and_then(|w| deps.workspaces.iter().find(|x| x.name == w))
+        .cloned();
+    let defs: Vec<ToolDef> = tools::specs(workspace.as_ref())
+        .into_iter()
+        .map(|s| ToolDef {
+            name: s.name,
+            description: s.description,
+            parameters: s.parameters,
+        })
         .collect();
     let tool_ctx = ToolContext {
         workspace,
@@ -89,8 +119,14 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
             run_tools(&deps, &ctx, session_id, &pending, &tool_ctx).await?;
             continue;
         }
-        let done_rounds = messages.iter().filter(|m| m.turn_id == ctx.id && m.role == "assistant" && m.status == "complete").count();
-        if let Some(last) = messages.iter().rev().find(|m| m.turn_id == ctx.id && m.role == "assistant" && m.status == "complete")
+        let done_rounds = messages
+            .iter()
+            .filter(|m| m.turn_id == ctx.id && m.role == "assistant" && m.status == "complete")
+            .count();
+        if let Some(last) = messages
+            .iter()
+            .rev()
+            .find(|m| m.turn_id == ctx.id && m.role == "assistant" && m.status == "complete")
             && history::tool_calls(&last.content).is_empty()
         {
             break; // The reply was already complete when the previous attempt died.
@@ -99,7 +135,11 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
         let req = ChatRequest {
             model: model.wire_model().to_owned(),
             messages: history::build(session.system_prompt.as_deref(), &messages),
-            tools: if offer_tools { defs.clone() } else { Vec::new() },
+            tools: if offer_tools {
+                defs.clone()
+            } else {
+                Vec::new()
+            },
             max_tokens: None,
         };
         let completion = step(&deps, &ctx, &model, &req, session_id, done_rounds).await?;
@@ -111,7 +151,10 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
         run_tools(&deps, &ctx, session_id, &completion.tool_calls, &tool_ctx).await?;
     }
     let cost = model.cost(&total);
-    ctx.emit("usage", json!({ "usage": total, "cost_usd": cost, "model": model.name, "rounds": rounds }));
+    ctx.emit(
+        "usage",
+        json!({ "usage": total, "cost_usd": cost, "model": model.name, "rounds": rounds }),
+    );
     Ok(json!({ "session_id": session_id, "usage": total, "cost_usd": cost, "rounds": rounds }))
 }
 
@@ -124,21 +167,48 @@ struct Partial {
 }
 
 /// One model call, streamed and checkpointed; retried on retryable failures.
-async fn step(deps: &AgentDeps, ctx: &JobContext, model: &ModelConfig, req: &ChatRequest, session_id: Uuid, round: usize) -> Result<Completion, JobError> {
+async fn step(
+    deps: &AgentDeps,
+    ctx: &JobContext,
+    model: &ModelConfig,
+    req: &ChatRequest,
+    session_id: Uuid,
+    round: usize,
+) -> Result<Completion, JobError> {
     let fence = ctx.fence();
     let mut retries = 0;
     loop {
         let message_id = Uuid::now_v7();
         let model_name = Some(model.name.as_str());
-        if !store::upsert_assistant(&deps.pool, fence, session_id, message_id, &json!({ "text": "" }), "streaming", None, model_name).await.map_err(db)? {
+        if !store::upsert_assistant(
+            &deps.pool,
+            fence,
+            session_id,
+            message_id,
+            &json!({ "text": "" }),
+            "streaming",
+            None,
+            model_name,
+        )
+        .await
+        .map_err(db)?
+        {
             return Err(lost());
         }
         ctx.emit("message_started", json!({ "message_id": message_id, "round": round, "model": model.name, "retry": retries }));
         let partial = Arc::new(Mutex::new(Partial::default()));
         let stop_saver = CancellationToken::new();
-        let saver = tokio::spawn(save_partial(deps.pool.clone(), fence, session_id, message_id, Arc::clone(&partial), stop_saver.clone()));
+        let saver = tokio::spawn(save_partial(
+            deps.pool.clone(),
+            fence,
+            session_id,
+            message_id,
+            Arc::clone(&partial),
+            stop_saver.clone(),
+        ));
         let started = Instant::now();
-        let mut on_event = |ev: StreamEvent| match ev {
+        let mut on_event = |ev: StreamEvent| {
+            match ev {
             StreamEvent::TextDelta(t) => {
                 ctx.emit("delta", json!({ "message_id": message_id, "text": t }));
                 if let Ok(mut p) = partial.lock() { p.text.push_str(&t); }
@@ -148,16 +218,36 @@ async fn step(deps: &AgentDeps, ctx: &JobContext, model: &ModelConfig, req: &Cha
                 if let Ok(mut p) = partial.lock() { p.reasoning.push_str(&t); }
             }
             StreamEvent::ToolCall(c) => ctx.emit("tool_call", json!({ "message_id": message_id, "id": c.id, "name": c.name, "arguments": c.arguments })),
+        }
         };
-        let result = deps.llm.stream(model, req, ctx.cancellation(), &mut on_event).await;
+        let result = deps
+            .llm
+            .stream(model, req, ctx.cancellation(), &mut on_event)
+            .await;
         stop_saver.cancel();
         let _ = saver.await;
-        let (text, reasoning) = partial.lock().map(|p| (p.text.clone(), p.reasoning.clone())).unwrap_or_default();
+        let (text, reasoning) = partial
+            .lock()
+            .map(|p| (p.text.clone(), p.reasoning.clone()))
+            .unwrap_or_default();
         match result {
             Ok(c) => {
-                let content = json!({ "text": c.text, "reasoning": c.reasoning, "tool_calls": c.tool_calls });
+                let content =
+                    json!({ "text": c.text, "reasoning": c.reasoning, "tool_calls": c.tool_calls });
                 let usage = json!(c.usage);
-                if !store::upsert_assistant(&deps.pool, fence, session_id, message_id, &content, "complete", Some(&usage), Some(&c.model)).await.map_err(db)? {
+                if !store::upsert_assistant(
+                    &deps.pool,
+                    fence,
+                    session_id,
+                    message_id,
+                    &content,
+                    "complete",
+                    Some(&usage),
+                    Some(&c.model),
+                )
+                .await
+                .map_err(db)?
+                {
                     return Err(lost());
                 }
                 ctx.emit("message_complete", json!({
@@ -168,29 +258,68 @@ async fn step(deps: &AgentDeps, ctx: &JobContext, model: &ModelConfig, req: &Cha
             }
             Err(LlmError::Cancelled) => {
                 let content = json!({ "text": text, "reasoning": reasoning });
-                store::upsert_assistant(&deps.pool, fence, session_id, message_id, &content, "cancelled", None, model_name).await.map_err(db)?;
-                ctx.emit("message_complete", json!({ "message_id": message_id, "cancelled": true }));
+                store::upsert_assistant(
+                    &deps.pool,
+                    fence,
+                    session_id,
+                    message_id,
+                    &content,
+                    "cancelled",
+                    None,
+                    model_name,
+                )
+                .await
+                .map_err(db)?;
+                ctx.emit(
+                    "message_complete",
+                    json!({ "message_id": message_id, "cancelled": true }),
+                );
                 return Err(JobError::Cancelled);
             }
-            Err(LlmError::Retryable { message, retry_after }) if retries < deps.step_retries => {
+            Err(LlmError::Retryable {
+                message,
+                retry_after,
+            }) if retries < deps.step_retries => {
                 // The broken reply is dropped, not kept beside the retry's.
-                store::discard_partial(&deps.pool, fence).await.map_err(db)?;
-                ctx.emit("step_retry", json!({ "message_id": message_id, "error": message, "retry": retries + 1 }));
-                let wait = retry_after.unwrap_or(Duration::from_millis(500 << retries)).min(Duration::from_secs(60));
+                store::discard_partial(&deps.pool, fence)
+                    .await
+                    .map_err(db)?;
+                ctx.emit(
+                    "step_retry",
+                    json!({ "message_id": message_id, "error": message, "retry": retries + 1 }),
+                );
+                let wait = retry_after
+                    .unwrap_or(Duration::from_millis(500 << retries))
+                    .min(Duration::from_secs(60));
                 tokio::select! {
                     _ = ctx.cancellation().cancelled() => return Err(JobError::Cancelled),
                     _ = tokio::time::sleep(wait) => {}
                 }
                 retries += 1;
             }
-            Err(LlmError::Retryable { message, retry_after }) => {
-                store::discard_partial(&deps.pool, fence).await.map_err(db)?;
-                return Err(JobError::Retry { message: format!("model call failed: {message}"), retry_after });
+            Err(LlmError::Retryable {
+                message,
+                retry_after,
+            }) => {
+                store::discard_partial(&deps.pool, fence)
+                    .await
+                    .map_err(db)?;
+                return Err(JobError::Retry {
+                    message: format!("model call failed: {message}"),
+                    retry_after,
+                });
             }
             Err(LlmError::Fatal(message)) => {
                 let content = json!({ "text": text, "error": message });
-                store::upsert_assistant(&deps.pool, fence, session_id, message_id, &content, "error", None, model_name).await.map_err(db)?;
-                ctx.emit("error", json!({ "message_id": message_id, "error": message }));
+                store::upsert_assistant(
+                    &deps.pool, fence, session_id, message_id, &content, "error", None, model_name,
+                )
+                .await
+                .map_err(db)?;
+                ctx.emit(
+                    "error",
+                    json!({ "message_id": message_id, "error": message }),
+                );
                 return Err(JobError::fail(format!("model call failed: {message}")));
             }
         }
@@ -199,7 +328,14 @@ async fn step(deps: &AgentDeps, ctx: &JobContext, model: &ModelConfig, req: &Cha
 
 /// Saves the streaming text every [`PERSIST_EVERY`] while it grows; awaited (not aborted) so no
 /// stale write lands after the final one.
-async fn save_partial(pool: PgPool, fence: Fence, session_id: Uuid, message_id: Uuid, partial: Arc<Mutex<Partial>>, stop: CancellationToken) {
+async fn save_partial(
+    pool: PgPool,
+    fence: Fence,
+    session_id: Uuid,
+    message_id: Uuid,
+    partial: Arc<Mutex<Partial>>,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -213,7 +349,17 @@ async fn save_partial(pool: PgPool, fence: Fence, session_id: Uuid, message_id: 
             })
         });
         if let Some(content) = snapshot
-            && let Err(e) = store::upsert_assistant(&pool, fence, session_id, message_id, &content, "streaming", None, None).await
+            && let Err(e) = store::upsert_assistant(
+                &pool,
+                fence,
+                session_id,
+                message_id,
+                &content,
+                "streaming",
+                None,
+                None,
+            )
+            .await
         {
             tracing::warn!(error = %e, "saving partial reply failed");
         }
@@ -221,7 +367,13 @@ async fn save_partial(pool: PgPool, fence: Fence, session_id: Uuid, message_id: 
 }
 
 /// Runs calls concurrently; each result is stored (fenced) and announced as soon as it is done.
-async fn run_tools(deps: &AgentDeps, ctx: &JobContext, session_id: Uuid, calls: &[ToolCall], tool_ctx: &ToolContext) -> Result<(), JobError> {
+async fn run_tools(
+    deps: &AgentDeps,
+    ctx: &JobContext,
+    session_id: Uuid,
+    calls: &[ToolCall],
+    tool_ctx: &ToolContext,
+) -> Result<(), JobError> {
     let fence = ctx.fence();
     let mut running: FuturesUnordered<_> = calls
         .iter()

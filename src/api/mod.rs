@@ -67,8 +67,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/retry", post(jobs::retry))
         .route("/api/v1/jobs/{id}/wait", get(jobs::wait))
         .route("/api/v1/jobs/{id}/events", get(events::job_events))
-        .route("/api/v1/sessions", post(sessions::create).get(sessions::list))
-        .route("/api/v1/sessions/{id}", get(sessions::get).delete(sessions::delete))
+        .route(
+            "/api/v1/sessions",
+            post(sessions::create).get(sessions::list),
+        )
+        .route(
+            "/api/v1/sessions/{id}",
+            get(sessions::get).delete(sessions::delete),
+        )
         .route("/api/v1/sessions/{id}/turns", post(sessions::send))
         .route("/api/v1/sessions/{id}/messages", get(sessions::messages))
         .route("/api/v1/sessions/{id}/events", get(sessions::events))

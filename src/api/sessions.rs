@@ -28,7 +28,10 @@ impl From<SessionError> for ApiError {
     fn from(e: SessionError) -> Self {
         match e {
             SessionError::NotFound => ApiError::not_found("session"),
-            SessionError::Busy => ApiError::conflict("turn_running", "a turn is already running in this session (multitask: reject)"),
+            SessionError::Busy => ApiError::conflict(
+                "turn_running",
+                "a turn is already running in this session (multitask: reject)",
+            ),
             SessionError::Queue(q) => q.into(),
             SessionError::Db(d) => d.into(),
         }
@@ -41,7 +44,9 @@ fn session_id(raw: &str) -> Result<Uuid, ApiError> {
 
 async fn load(state: &AppState, project_id: Uuid, id: Uuid) -> Result<store::Session, ApiError> {
     let mut conn = state.pool.acquire().await?;
-    store::session(&mut conn, project_id, id, false).await?.ok_or_else(|| ApiError::not_found("session"))
+    store::session(&mut conn, project_id, id, false)
+        .await?
+        .ok_or_else(|| ApiError::not_found("session"))
 }
 
 /// The body of `POST /api/v1/sessions`.
@@ -55,12 +60,25 @@ pub struct CreateSession {
 }
 
 /// `POST /api/v1/sessions`: 201 with the session.
-pub async fn create(State(state): State<AppState>, auth: Auth, req: axum::extract::Request) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    req: axum::extract::Request,
+) -> Result<Response, ApiError> {
     auth.require(Scope::Write)?;
     let body: CreateSession = input::json(req.into_body(), 1024 * 1024).await?;
     let model = match body.model {
         Some(m) => {
-            state.agent.models.get(&m).ok_or_else(|| ApiError::unprocessable("unknown_model", "model", format!("unknown model `{m}`; known: {}", state.agent.models.names().join(", "))))?;
+            state.agent.models.get(&m).ok_or_else(|| {
+                ApiError::unprocessable(
+                    "unknown_model",
+                    "model",
+                    format!(
+                        "unknown model `{m}`; known: {}",
+                        state.agent.models.names().join(", ")
+                    ),
+                )
+            })?;
             m
         }
         None => state.agent.models.default_model().name.clone(),
@@ -68,12 +86,27 @@ pub async fn create(State(state): State<AppState>, auth: Auth, req: axum::extrac
     if let Some(w) = &body.workspace
         && !state.agent.workspaces.iter().any(|x| &x.name == w)
     {
-        return Err(ApiError::unprocessable("unknown_workspace", "workspace", format!("unknown workspace `{w}`")));
+        return Err(ApiError::unprocessable(
+            "unknown_workspace",
+            "workspace",
+            format!("unknown workspace `{w}`"),
+        ));
     }
     if body.title.as_ref().is_some_and(|t| t.chars().count() > 200) {
-        return Err(ApiError::invalid_field("title", "title must be at most 200 characters"));
+        return Err(ApiError::invalid_field(
+            "title",
+            "title must be at most 200 characters",
+        ));
     }
-    let s = store::create_session(&state.pool, auth.0.project_id, body.title.as_deref(), &model, body.system_prompt.as_deref(), body.workspace.as_deref()).await?;
+    let s = store::create_session(
+        &state.pool,
+        auth.0.project_id,
+        body.title.as_deref(),
+        &model,
+        body.system_prompt.as_deref(),
+        body.workspace.as_deref(),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(s)).into_response())
 }
 
@@ -86,9 +119,19 @@ pub struct ListQuery {
 }
 
 /// `GET /api/v1/sessions`: newest first, keyset-paginated.
-pub async fn list(State(state): State<AppState>, auth: Auth, ValidQuery(q): ValidQuery<ListQuery>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    ValidQuery(q): ValidQuery<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
     let limit = bounded(q.limit.as_deref(), "limit", 50, 1..=200)?;
-    let before = q.cursor.as_deref().map(|c| Uuid::parse_str(c).map_err(|_| ApiError::invalid_field("cursor", "cursor is not valid"))).transpose()?;
+    let before = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            Uuid::parse_str(c).map_err(|_| ApiError::invalid_field("cursor", "cursor is not valid"))
+        })
+        .transpose()?;
     let mut rows = store::sessions(&state.pool, auth.0.project_id, before, limit + 1).await?;
     let next = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
@@ -100,12 +143,22 @@ pub async fn list(State(state): State<AppState>, auth: Auth, ValidQuery(q): Vali
 }
 
 /// `GET /api/v1/sessions/{id}`.
-pub async fn get(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<store::Session>, ApiError> {
-    Ok(Json(load(&state, auth.0.project_id, session_id(&id)?).await?))
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<store::Session>, ApiError> {
+    Ok(Json(
+        load(&state, auth.0.project_id, session_id(&id)?).await?,
+    ))
 }
 
 /// `DELETE /api/v1/sessions/{id}`: cancels its turns, then deletes it. 204.
-pub async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     auth.require(Scope::Write)?;
     sessions::delete(&state.pool, auth.0.project_id, session_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -124,9 +177,14 @@ pub struct SendTurn {
 
 /// Checks the input: a non-empty string, or a non-empty array of `{"type":"text","text"}` blocks.
 fn check_input(input: &Value) -> Result<(), ApiError> {
-    let size = serde_json::to_vec(input).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(input)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
     if size > MAX_INPUT_BYTES {
-        return Err(ApiError::too_large("input", format!("input is {size} bytes; the limit is {MAX_INPUT_BYTES}")));
+        return Err(ApiError::too_large(
+            "input",
+            format!("input is {size} bytes; the limit is {MAX_INPUT_BYTES}"),
+        ));
     }
     match input {
         Value::String(s) if !s.trim().is_empty() => Ok(()),
@@ -134,20 +192,35 @@ fn check_input(input: &Value) -> Result<(), ApiError> {
         Value::Array(blocks) if !blocks.is_empty() => {
             for (i, b) in blocks.iter().enumerate() {
                 let ok = b.get("type").and_then(Value::as_str) == Some("text")
-                    && b.get("text").and_then(Value::as_str).is_some_and(|t| !t.trim().is_empty())
+                    && b.get("text")
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| !t.trim().is_empty())
                     && b.as_object().is_some_and(|o| o.len() == 2);
                 if !ok {
-                    return Err(ApiError::invalid_field("input", format!("content block {i} must be {{\"type\": \"text\", \"text\": <non-empty string>}}")));
+                    return Err(ApiError::invalid_field(
+                        "input",
+                        format!(
+                            "content block {i} must be {{\"type\": \"text\", \"text\": <non-empty string>}}"
+                        ),
+                    ));
                 }
             }
             Ok(())
         }
-        _ => Err(ApiError::invalid_field("input", "input must be a non-empty string or array of content blocks")),
+        _ => Err(ApiError::invalid_field(
+            "input",
+            "input must be a non-empty string or array of content blocks",
+        )),
     }
 }
 
 /// `POST /api/v1/sessions/{id}/turns`: 202 with `{turn_id, job_id, position}`.
-pub async fn send(State(state): State<AppState>, auth: Auth, Path(id): Path<String>, req: axum::extract::Request) -> Result<Response, ApiError> {
+pub async fn send(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    req: axum::extract::Request,
+) -> Result<Response, ApiError> {
     auth.require(Scope::Write)?;
     let id = session_id(&id)?;
     let body: SendTurn = input::json(req.into_body(), MAX_INPUT_BYTES + 64 * 1024).await?;
@@ -155,21 +228,42 @@ pub async fn send(State(state): State<AppState>, auth: Auth, Path(id): Path<Stri
     if let Some(m) = &body.model
         && state.agent.models.get(m).is_none()
     {
-        return Err(ApiError::unprocessable("unknown_model", "model", format!("unknown model `{m}`")));
+        return Err(ApiError::unprocessable(
+            "unknown_model",
+            "model",
+            format!("unknown model `{m}`"),
+        ));
     }
-    let sent = sessions::send_turn(&state.pool, auth.0.project_id, id, &body.input, body.model.as_deref(), body.multitask, body.idempotency_key).await?;
+    let sent = sessions::send_turn(
+        &state.pool,
+        auth.0.project_id,
+        id,
+        &body.input,
+        body.model.as_deref(),
+        body.multitask,
+        body.idempotency_key,
+    )
+    .await?;
     Ok((StatusCode::ACCEPTED, Json(sent)).into_response())
 }
 
 /// `GET /api/v1/sessions/{id}/messages`: the transcript, in order.
-pub async fn messages(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn messages(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let s = load(&state, auth.0.project_id, session_id(&id)?).await?;
     let messages = store::messages(&state.pool, s.id).await?;
     Ok(Json(json!({ "messages": messages })))
 }
 
 /// `POST /api/v1/sessions/{id}/abort`: stops the running turn within a second.
-pub async fn abort(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn abort(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     auth.require(Scope::Write)?;
     let stopped = sessions::abort(&state.pool, auth.0.project_id, session_id(&id)?).await?;
     Ok(Json(json!({ "aborted_turn": stopped })))
@@ -184,7 +278,13 @@ pub struct EventsQuery {
 }
 
 /// `GET /api/v1/sessions/{id}/events`: every turn's events in one ordered, resumable stream.
-pub async fn events(State(state): State<AppState>, auth: Auth, Path(id): Path<String>, headers: HeaderMap, ValidQuery(q): ValidQuery<EventsQuery>) -> Result<Response, ApiError> {
+pub async fn events(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ValidQuery(q): ValidQuery<EventsQuery>,
+) -> Result<Response, ApiError> {
     let id = session_id(&id)?;
     let after = cursor_from(&headers, q.after.as_deref())?;
     load(&state, auth.0.project_id, id).await?;
@@ -203,7 +303,10 @@ pub async fn events(State(state): State<AppState>, auth: Auth, Path(id): Path<St
                     let full = events.len() == 500;
                     for e in events {
                         let data = json!({ "job_id": e.job_id, "seq": e.seq, "data": e.data });
-                        let ev = SseEvent::default().id(e.cursor.to_string()).event(&e.kind).data(data.to_string());
+                        let ev = SseEvent::default()
+                            .id(e.cursor.to_string())
+                            .event(&e.kind)
+                            .data(data.to_string());
                         if tx.send(Ok::<_, Infallible>(ev)).await.is_err() {
                             return;
                         }
@@ -213,7 +316,9 @@ pub async fn events(State(state): State<AppState>, auth: Auth, Path(id): Path<St
                         continue;
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, session = %id, "reading session events failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, session = %id, "reading session events failed")
+                }
             }
             if tx.is_closed() {
                 return;
@@ -221,5 +326,7 @@ pub async fn events(State(state): State<AppState>, auth: Auth, Path(id): Path<St
             sub.changed(Duration::from_secs(2)).await;
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }

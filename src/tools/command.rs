@@ -61,7 +61,7 @@ impl GroupKill {
             // SAFETY: kill(2) has no memory-safety preconditions; a negative pid addresses the
             // process group we created with process_group(0) (pgid == leader pid).
             unsafe {
-                let _ = pgid;
+                libc::kill(-pgid, libc::SIGKILL);
             }
         }
     }
@@ -107,7 +107,7 @@ pub(super) async fn run_command(
     cmd.args(args.argv.iter().skip(1))
         .current_dir(root.path())
         // Nothing of spool's own environment (DATABASE_URL, API keys) may reach the command.
-        // .env_clear()
+        .env_clear()
         .env("PATH", PATH)
         .env("HOME", root.path())
         .env("LANG", "C.UTF-8")
@@ -147,7 +147,10 @@ pub(super) async fn run_command(
         }
         tokio::select! {
             biased;
-            _ = cancel.cancelled() => break End::Cancelled,
+            _ = cancel.cancelled() => {
+                // A program that already exited keeps its real status.
+                break status.take().map_or(End::Cancelled, End::Exited);
+            }
             _ = &mut deadline, if status.is_none() => break End::TimedOut,
             _ = &mut grace, if status.is_some() => {
                 if let Some(s) = status.take() {

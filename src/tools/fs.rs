@@ -42,7 +42,9 @@ impl Root {
     ///
     /// Relative paths are joined to the root; absolute paths are accepted only if they land
     /// inside it. The result is canonical (no symlinks, no `..`), so it cannot name anything
-    /// outside the root even when the argument goes through a symlink.
+    /// outside the root even when the argument goes through a symlink. (A symlink swapped in
+    /// between this check and the open is not caught; only `run_command` could do that, and
+    /// it can read outside the root anyway.)
     pub(super) fn resolve(&self, raw: &str) -> Result<PathBuf, String> {
         if raw.contains('\0') {
             return Err(format!("invalid path {raw:?}: contains a NUL byte"));

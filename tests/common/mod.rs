@@ -4,6 +4,7 @@
 
 pub mod db;
 pub mod fake_llm;
+pub mod sse;
 
 use std::net::SocketAddr;
 use std::time::Duration;
