@@ -10,6 +10,7 @@ use common::{Env, Server, env, eventually, fast_worker};
 use serde_json::{Value, json};
 use spool::llm::config::Models;
 use spool::tools::Workspace;
+use spool::worker::WorkerConfig;
 use uuid::Uuid;
 
 fn workspace() -> PathBuf {
@@ -609,4 +610,167 @@ async fn a_worker_killed_after_round_one_resumes_without_rerunning_tools() {
         "the dead attempt's partial text was kept"
     );
     assert_eq!(fake.request_count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_and_a_cut_stream_retry_the_step_not_the_turn() {
+    let fake = FakeLlm::start().await;
+    fake.push_all([
+        Reply::Status {
+            status: 429,
+            retry_after: Some(1),
+            body: "slow down".into(),
+        },
+        Reply::Cut {
+            chunks: vec![Chunk::Text("half a ".into())],
+        },
+        Reply::text("whole answer"),
+    ]);
+    let e = agent_env(&fake).await;
+    let s = e.serve(e.registry()).await;
+    let w = e.worker(e.registry(), fast_worker()).await;
+    let session = new_session(&s, json!({})).await;
+    let started = std::time::Instant::now();
+    let job = s.wait(turn(&s, session, "hello").await, 30).await;
+    w.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(
+        job["attempt"], 1,
+        "step retries stay inside one job attempt"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "Retry-After was not honoured"
+    );
+    let events = session_events(&s, session).await;
+    assert_eq!(
+        events.iter().filter(|e| e["kind"] == "step_retry").count(),
+        2
+    );
+    let msgs = messages(&s, session).await;
+    let roles: Vec<&str> = msgs
+        .iter()
+        .map(|m| m["role"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        roles,
+        ["user", "assistant"],
+        "a broken reply must be replaced, not kept"
+    );
+    assert_eq!(msgs[1]["content"]["text"], "whole answer");
+}
+
+fn with_prompt_tokens(text: &str, input_tokens: u64) -> Reply {
+    Reply::Stream {
+        chunks: text
+            .split_inclusive(' ')
+            .map(|w| Chunk::Text(w.to_owned()))
+            .collect(),
+        usage: Some(spool::llm::Usage {
+            input_tokens,
+            output_tokens: 3,
+            ..Default::default()
+        }),
+        delay_ms: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_summarises_past_half_the_window_and_a_failed_summary_keeps_history() {
+    let fake = FakeLlm::start().await;
+    // context_window is 8000 for the fake model: 4,500 measured prompt tokens is past 50%.
+    fake.push_all([
+        with_prompt_tokens("first reply", 4500),
+        Reply::text("Title"),
+        Reply::status(400, "summary refused"),
+        with_prompt_tokens("second reply", 4600),
+        Reply::text("SUMMARY: the user said one and two."),
+        Reply::text("third reply"),
+    ]);
+    let e = agent_env(&fake).await;
+    let s = e.serve(e.registry()).await;
+    let w = e
+        .worker(
+            e.registry(),
+            WorkerConfig {
+                concurrency: 1,
+                ..fast_worker()
+            },
+        )
+        .await;
+    let session = new_session(&s, json!({})).await;
+    for input in ["one", "two", "three"] {
+        let t = turn(&s, session, input).await;
+        let job = s.wait(t, 30).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        // Let the title job (after the first turn) take its reply before the next turn asks.
+        let _ = eventually(Duration::from_secs(10), || async {
+            let (st, b) = s.get("/api/v1/jobs?kind=agent.title").await;
+            (st == 200
+                && b["jobs"]
+                    .as_array()
+                    .is_some_and(|j| j.iter().all(|x| x["state"] == "succeeded")))
+            .then_some(())
+        })
+        .await;
+    }
+    w.shutdown(Duration::from_secs(1)).await;
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 6, "{reqs:#?}");
+    // Turn 2: the summary call failed, so turn 2 was sent with the full history.
+    let turn2 = reqs[3]["messages"].as_array().expect("msgs");
+    assert!(
+        turn2.iter().any(|m| m["content"] == "one"),
+        "failed compaction must keep the full history"
+    );
+    // Turn 3: compacted; the old turns travel as the summary only.
+    let turn3 = reqs[5]["messages"].as_array().expect("msgs");
+    assert!(turn3.iter().any(|m| {
+        m["role"] == "system"
+            && m["content"]
+                .as_str()
+                .is_some_and(|c| c.contains("SUMMARY: the user said one and two."))
+    }));
+    assert!(
+        !turn3
+            .iter()
+            .any(|m| m["content"] == "one" || m["content"] == "two"),
+        "summarised turns were sent again"
+    );
+    assert!(turn3.iter().any(|m| m["content"] == "three"));
+    let events = session_events(&s, session).await;
+    let compactions: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "compaction_completed")
+        .collect();
+    assert_eq!(compactions.len(), 2);
+    assert_eq!(compactions[0]["data"]["ok"], false);
+    assert!(
+        compactions[0]["data"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("400")
+    );
+    assert_eq!(compactions[1]["data"]["ok"], true);
+    // Nothing was erased: the transcript still has all three turns.
+    let msgs = messages(&s, session).await;
+    let replies: Vec<&str> = msgs
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .filter_map(|m| m["content"]["text"].as_str())
+        .collect();
+    assert_eq!(replies, ["first reply", "second reply", "third reply"]);
+    assert_eq!(msgs.len(), 6);
+    let (st, sess) = s.get(&format!("/api/v1/sessions/{session}")).await;
+    assert_eq!(st, 200);
+    assert_eq!(sess["summary"], "SUMMARY: the user said one and two.");
+    assert_eq!(
+        sess["title"], "Title",
+        "the model-written title replaces the first-message cut"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "title" && e["data"]["title"] == "Title")
+    );
 }

@@ -165,16 +165,22 @@ fn paths_match_the_router_exactly() {
 }
 
 #[test]
-fn job_routes_need_a_bearer_token_and_declare_401() {
+fn job_and_session_routes_need_a_bearer_token_and_declare_401() {
     let doc = doc();
     assert_eq!(
         doc["components"]["securitySchemes"]["bearerAuth"]["scheme"],
         "bearer"
     );
-    let mut seen = 0;
+    let (mut jobs, mut sessions) = (0, 0);
     for (path, method, op) in operations(&doc) {
-        if path.starts_with("/api/v1/jobs") {
-            seen += 1;
+        let is_jobs = path.starts_with("/api/v1/jobs");
+        let is_sessions = path.starts_with("/api/v1/sessions");
+        if is_jobs || is_sessions {
+            if is_jobs {
+                jobs += 1;
+            } else {
+                sessions += 1;
+            }
             assert!(
                 op["responses"].get("401").is_some(),
                 "{method} {path} declares no 401 response"
@@ -194,7 +200,11 @@ fn job_routes_need_a_bearer_token_and_declare_401() {
             );
         }
     }
-    assert!(seen >= 7, "only {seen} job operations documented");
+    assert!(jobs >= 7, "only {jobs} job operations documented");
+    assert!(
+        sessions >= 8,
+        "only {sessions} session operations documented"
+    );
 }
 
 #[test]

@@ -30,7 +30,11 @@ fn text(content: &Value) -> Option<String> {
 
 /// Builds the provider history from `messages` (in order). Partial replies still streaming are
 /// left out; results without a call are dropped; calls without a result get [`INTERRUPTED`].
-pub fn build(system: Option<&str>, messages: &[Message]) -> Vec<ChatMessage> {
+pub fn build(
+    system: Option<&str>,
+    summary: Option<&str>,
+    messages: &[Message],
+) -> Vec<ChatMessage> {
     let results: HashMap<&str, &Message> = messages
         .iter()
         .filter(|m| m.role == "tool")
@@ -45,7 +49,14 @@ pub fn build(system: Option<&str>, messages: &[Message]) -> Vec<ChatMessage> {
             tool_call_id: None,
         });
     }
-    let mut answered: HashSet<String> = HashSet::new();
+    if let Some(s) = summary {
+        out.push(ChatMessage {
+            role: Role::System,
+            content: Some(format!("Summary of the earlier conversation:\n{s}")),
+            tool_calls: vec![],
+            tool_call_id: None,
+        });
+    }
     for m in messages {
         match (m.role.as_str(), m.status.as_str()) {
             ("user", _) => out.push(ChatMessage {
@@ -71,7 +82,6 @@ pub fn build(system: Option<&str>, messages: &[Message]) -> Vec<ChatMessage> {
                         .get(call.id.as_str())
                         .and_then(|r| r.content.get("content").and_then(Value::as_str))
                         .unwrap_or(INTERRUPTED);
-                    answered.insert(call.id.clone());
                     out.push(ChatMessage {
                         role: Role::Tool,
                         content: Some(result.to_owned()),
@@ -144,7 +154,7 @@ mod tests {
             ),
             msg("tool", json!({ "content": "result a" }), Some("a"), t),
         ];
-        let out = build(Some("sys"), &history);
+        let out = build(Some("sys"), None, &history);
         let roles: Vec<Role> = out.iter().map(|m| m.role).collect();
         assert_eq!(
             roles,

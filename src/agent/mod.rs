@@ -4,7 +4,9 @@
 //! Owns `sessions` and `messages`; uses the queue to enqueue and cancel turns and never touches
 //! job rows itself except through the lease fence of its own writes.
 
+pub mod compaction;
 pub mod history;
 pub mod sessions;
 pub mod store;
+pub mod title;
 pub mod turn;

@@ -17,6 +17,9 @@ pub struct Session {
     pub model: String,
     pub system_prompt: Option<String>,
     pub workspace: Option<String>,
+    /// Compaction: a summary of every turn up to and including `summary_upto`.
+    pub summary: Option<String>,
+    pub summary_upto: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -52,7 +55,7 @@ pub async fn create_session(
         Session,
         "INSERT INTO sessions (id, project_id, title, model, system_prompt, workspace)
          VALUES ($1, $2, $3, $4, $5, $6)
-         RETURNING id, project_id, title, model, system_prompt, workspace, created_at, updated_at",
+         RETURNING id, project_id, title, model, system_prompt, workspace, summary, summary_upto, created_at, updated_at",
         Uuid::now_v7(),
         project_id,
         title,
@@ -74,7 +77,7 @@ pub async fn session(
     if lock {
         return sqlx::query_as!(
             Session,
-            "SELECT id, project_id, title, model, system_prompt, workspace, created_at, updated_at
+            "SELECT id, project_id, title, model, system_prompt, workspace, summary, summary_upto, created_at, updated_at
              FROM sessions WHERE id = $1 AND project_id = $2 FOR UPDATE",
             id,
             project_id
@@ -84,7 +87,7 @@ pub async fn session(
     }
     sqlx::query_as!(
         Session,
-        "SELECT id, project_id, title, model, system_prompt, workspace, created_at, updated_at
+        "SELECT id, project_id, title, model, system_prompt, workspace, summary, summary_upto, created_at, updated_at
          FROM sessions WHERE id = $1 AND project_id = $2",
         id,
         project_id
@@ -102,7 +105,7 @@ pub async fn sessions(
 ) -> Result<Vec<Session>, sqlx::Error> {
     sqlx::query_as!(
         Session,
-        "SELECT id, project_id, title, model, system_prompt, workspace, created_at, updated_at
+        "SELECT id, project_id, title, model, system_prompt, workspace, summary, summary_upto, created_at, updated_at
          FROM sessions WHERE project_id = $1 AND ($2::uuid IS NULL OR id < $2)
          ORDER BY id DESC LIMIT $3",
         project_id,
@@ -262,4 +265,39 @@ pub async fn insert_tool_result(
     .fetch_one(pool)
     .await?;
     Ok(ok)
+}
+
+/// Moves the compaction boundary with its summary, in one fenced statement: nothing changes
+/// unless the summary exists, and a failed summary never touches the old one.
+pub async fn set_summary(
+    pool: &PgPool,
+    fence: Fence,
+    session_id: Uuid,
+    summary: &str,
+    upto: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query!(
+        "UPDATE sessions SET summary = $3, summary_upto = $4, updated_at = now()
+         WHERE id = $5 AND EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND lease_token = $2)",
+        fence.0,
+        fence.1,
+        summary,
+        upto,
+        session_id
+    )
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Sets the session's title (the model-written one replaces the first-message cut).
+pub async fn set_title(pool: &PgPool, session_id: Uuid, title: &str) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE sessions SET title = $2, updated_at = now() WHERE id = $1",
+        session_id,
+        title
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
 }

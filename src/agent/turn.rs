@@ -12,9 +12,10 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::history;
+use super::compaction::{self, Policy};
 use super::sessions::TURN_KIND;
 use super::store::{self, Fence};
+use super::{history, title};
 use crate::llm::config::{ModelConfig, Models};
 use crate::llm::{
     ChatRequest, Completion, LlmClient, LlmError, StreamEvent, ToolCall, ToolDef, Usage,
@@ -38,13 +39,16 @@ pub struct AgentDeps {
     pub max_rounds: usize,
     /// Retries of one model call after a retryable failure, before the job attempt fails.
     pub step_retries: u32,
+    pub compaction: Policy,
 }
 
 /// Adds the `agent.turn` kind to `registry`.
 pub fn register(registry: Registry, deps: Arc<AgentDeps>) -> Registry {
-    registry.register(TURN_KIND, move |ctx: JobContext| {
+    let for_titles = Arc::clone(&deps);
+    let registry = registry.register(TURN_KIND, move |ctx: JobContext| {
         run(Arc::clone(&deps), ctx)
-    })
+    });
+    title::register(registry, for_titles)
 }
 
 fn lost() -> JobError {
@@ -109,10 +113,33 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
     };
     let mut total = Usage::default();
     let mut rounds = 0usize;
+    let (mut summary, mut upto) = (session.summary.clone(), session.summary_upto);
+    let first_turn = {
+        let all = store::messages(&deps.pool, session_id).await.map_err(db)?;
+        let visible: Vec<_> = all
+            .into_iter()
+            .filter(|m| m.turn_id <= ctx.id && upto.is_none_or(|u| m.turn_id > u))
+            .collect();
+        if deps.compaction.due(&visible, model.context_window) {
+            compact(
+                &deps,
+                &ctx,
+                &model,
+                session_id,
+                &visible,
+                &mut summary,
+                &mut upto,
+                &mut total,
+            )
+            .await?;
+        }
+        upto.is_none() && visible.iter().all(|m| m.turn_id == ctx.id)
+    };
     loop {
         let mut messages = store::messages(&deps.pool, session_id).await.map_err(db)?;
-        // Later turns' messages (already stored while they wait) are not this turn's context.
-        messages.retain(|m| m.turn_id <= ctx.id);
+        // Later turns' messages (already stored while they wait) are not this turn's context, and
+        // summarised turns are sent as their summary.
+        messages.retain(|m| m.turn_id <= ctx.id && upto.is_none_or(|u| m.turn_id > u));
         let pending = history::pending_calls(&messages, ctx.id);
         if !pending.is_empty() {
             // Resuming after a crash mid-step: only the calls without a stored result run.
@@ -134,7 +161,11 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
         let offer_tools = done_rounds + 1 < deps.max_rounds;
         let req = ChatRequest {
             model: model.wire_model().to_owned(),
-            messages: history::build(session.system_prompt.as_deref(), &messages),
+            messages: history::build(
+                session.system_prompt.as_deref(),
+                summary.as_deref(),
+                &messages,
+            ),
             tools: if offer_tools {
                 defs.clone()
             } else {
@@ -149,6 +180,9 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
             break;
         }
         run_tools(&deps, &ctx, session_id, &completion.tool_calls, &tool_ctx).await?;
+    }
+    if first_turn && let Err(e) = title::request(&deps, &ctx, session_id).await {
+        tracing::warn!(error = %e, "could not request a session title");
     }
     let cost = model.cost(&total);
     ctx.emit(
@@ -396,6 +430,59 @@ async fn run_tools(
     }
     if ctx.is_cancelled() {
         return Err(JobError::Cancelled);
+    }
+    Ok(())
+}
+
+/// Summarises every earlier turn still sent in full; on success moves the boundary (fenced), on
+/// failure keeps the full history and reports why.
+#[allow(clippy::too_many_arguments)]
+async fn compact(
+    deps: &AgentDeps,
+    ctx: &JobContext,
+    model: &ModelConfig,
+    session_id: Uuid,
+    visible: &[store::Message],
+    summary: &mut Option<String>,
+    upto: &mut Option<Uuid>,
+    total: &mut Usage,
+) -> Result<(), JobError> {
+    let earlier: Vec<store::Message> = visible
+        .iter()
+        .filter(|m| m.turn_id < ctx.id)
+        .cloned()
+        .collect();
+    let Some(last_turn) = earlier.last().map(|m| m.turn_id) else {
+        return Ok(());
+    };
+    ctx.emit("compaction_started", json!({ "messages": earlier.len() }));
+    let history = history::build(None, None, &earlier);
+    match compaction::summarise(
+        &deps.llm,
+        model,
+        ctx.cancellation(),
+        summary.as_deref(),
+        history,
+    )
+    .await
+    {
+        Ok((text, usage)) => {
+            total.add(&usage);
+            if !store::set_summary(&deps.pool, ctx.fence(), session_id, &text, last_turn)
+                .await
+                .map_err(db)?
+            {
+                return Err(lost());
+            }
+            ctx.emit("compaction_completed", json!({ "ok": true, "upto_turn": last_turn, "summary_chars": text.len(), "usage": usage }));
+            *summary = Some(text);
+            *upto = Some(last_turn);
+        }
+        Err(LlmError::Cancelled) => return Err(JobError::Cancelled),
+        Err(e) => ctx.emit(
+            "compaction_completed",
+            json!({ "ok": false, "error": e.to_string() }),
+        ),
     }
     Ok(())
 }

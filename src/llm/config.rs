@@ -6,6 +6,8 @@ use super::types::Usage;
 
 /// The OpenAI endpoint used when an `openai` model names no `base_url`.
 pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+/// The Anthropic endpoint used when an `anthropic` model names no `base_url`.
+pub const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com/v1";
 
 fn default_context() -> u64 {
     128_000
@@ -47,7 +49,7 @@ pub struct ModelConfig {
 pub enum Provider {
     /// OpenAI-compatible Chat Completions (OpenAI, vLLM, llama.cpp, Ollama, DeepSeek, …).
     OpenAi,
-    /// Anthropic Messages (not implemented yet).
+    /// Anthropic Messages.
     Anthropic,
     /// The built-in offline model.
     Mock,

@@ -4,6 +4,7 @@
 //! describes and classifies failures as retryable or fatal. It never retries itself: the caller
 //! retries whole steps, because a retry must discard the partial output already streamed.
 
+mod anthropic;
 pub mod config;
 pub mod mock;
 pub mod openai;
@@ -47,9 +48,9 @@ impl LlmClient {
                 openai::stream(&self.http, self.idle_timeout, model, req, cancel, on_event).await
             }
             Provider::Mock => mock::stream(req, cancel, on_event).await,
-            Provider::Anthropic => Err(LlmError::Fatal(
-                "the anthropic provider is not implemented yet".to_owned(),
-            )),
+            Provider::Anthropic => {
+                anthropic::stream(&self.http, self.idle_timeout, model, req, cancel, on_event).await
+            }
         }
     }
 }

@@ -141,7 +141,7 @@ fn tool_json(t: &ToolDef) -> Value {
 }
 
 /// Awaits `fut` unless `cancel` fires or it takes longer than `idle`.
-async fn guarded<F: Future>(
+pub(super) async fn guarded<F: Future>(
     cancel: &CancellationToken,
     idle: Duration,
     what: &str,
@@ -156,7 +156,7 @@ async fn guarded<F: Future>(
     }
 }
 
-fn send_error(e: reqwest::Error) -> LlmError {
+pub(super) fn send_error(e: reqwest::Error) -> LlmError {
     if e.is_builder() {
         LlmError::Fatal(format!("invalid request: {}", chain(&e)))
     } else {
@@ -165,7 +165,7 @@ fn send_error(e: reqwest::Error) -> LlmError {
 }
 
 /// Classifies a non-2xx answer, quoting the start of its body.
-async fn status_error(
+pub(super) async fn status_error(
     resp: reqwest::Response,
     idle: Duration,
     cancel: &CancellationToken,
@@ -392,7 +392,7 @@ fn in_stream_error(err: &Value) -> LlmError {
     }
 }
 
-fn retryable(message: String) -> LlmError {
+pub(super) fn retryable(message: String) -> LlmError {
     LlmError::Retryable {
         message,
         retry_after: None,
@@ -400,7 +400,7 @@ fn retryable(message: String) -> LlmError {
 }
 
 /// An error and its sources, because reqwest's top-level message rarely names the cause.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {
