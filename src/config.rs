@@ -227,6 +227,10 @@ mod tests {
             default_model = "mock"
             [[models]]
             name = "mock"
+            provider = "mock"
+            [[workspaces]]
+            name = "demo"
+            root = "/srv/demo"
             "#,
         )
         .expect("parse");
@@ -240,6 +244,12 @@ mod tests {
         assert_eq!(s.lease, Duration::from_secs(12));
         assert_eq!(s.db_pool, 20);
         assert_eq!(s.worker().heartbeat, Duration::from_secs(4));
+        assert_eq!(s.models.default_model().name, "mock");
+        assert_eq!(s.workspaces.len(), 1);
+        assert!(
+            !s.workspaces[0].allow_commands,
+            "commands are off unless enabled"
+        );
     }
 
     #[test]

@@ -37,6 +37,18 @@ async fn agent_env(fake: &FakeLlm) -> Env {
     e
 }
 
+/// The requests turns made, leaving out the title job's.
+fn turn_requests(fake: &FakeLlm) -> Vec<Value> {
+    fake.requests()
+        .into_iter()
+        .filter(|r| {
+            !r["messages"][0]["content"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("Write a title"))
+        })
+        .collect()
+}
+
 async fn new_session(s: &Server, body: Value) -> Uuid {
     let (st, b) = s.post("/api/v1/sessions", body).await;
     assert_eq!(st, 201, "{b}");
@@ -156,7 +168,7 @@ async fn a_turn_with_two_tool_rounds_streams_checkpoints_and_sums_usage() {
         .collect();
     assert_eq!(streamed, "The notes say hello spool.");
     assert!(count("delta") >= 2, "text must stream in pieces");
-    let reqs = fake.requests();
+    let reqs = turn_requests(&fake);
     assert_eq!(reqs.len(), 3);
     let names: Vec<&str> = reqs[0]["tools"]
         .as_array()
@@ -196,7 +208,7 @@ async fn the_last_round_withholds_tools_so_the_model_must_answer() {
     let job = s.wait(turn(&s, session, "look around").await, 30).await;
     w.shutdown(Duration::from_secs(1)).await;
     assert_eq!(job["state"], "succeeded", "{job}");
-    let reqs = fake.requests();
+    let reqs = turn_requests(&fake);
     assert_eq!(reqs.len(), 8);
     assert!(
         reqs[..7]
@@ -609,7 +621,7 @@ async fn a_worker_killed_after_round_one_resumes_without_rerunning_tools() {
             .all(|m| !m.to_string().contains("doomed partial")),
         "the dead attempt's partial text was kept"
     );
-    assert_eq!(fake.request_count(), 3);
+    assert_eq!(turn_requests(&fake).len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -773,4 +785,30 @@ async fn compaction_summarises_past_half_the_window_and_a_failed_summary_keeps_h
             .iter()
             .any(|e| e["kind"] == "title" && e["data"]["title"] == "Title")
     );
+}
+
+#[tokio::test]
+async fn a_replayed_turn_returns_the_same_turn_and_stores_one_message() {
+    let fake = FakeLlm::start().await;
+    let e = agent_env(&fake).await;
+    let s = e.serve(e.registry()).await;
+    let session = new_session(&s, json!({})).await;
+    let body = json!({ "input": "only once", "idempotency_key": "client-msg-1", "multitask": "interrupt" });
+    let (st1, a) = send(&s, session, body.clone()).await;
+    let (st2, b) = send(&s, session, body).await;
+    assert_eq!((st1, st2), (202, 202), "{a} {b}");
+    assert_eq!(a["turn_id"], b["turn_id"]);
+    assert_eq!(a["message_id"], b["message_id"]);
+    let msgs = messages(&s, session).await;
+    assert_eq!(msgs.len(), 1, "a replay stored a second message");
+    let (st, c) = send(&s, session, json!({ "input": "x", "idempotency_key": "" })).await;
+    assert_eq!(
+        (st, c["error"]["field"].clone()),
+        (400, json!("idempotency_key"))
+    );
+    let (jobs,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs")
+        .fetch_one(&e.svc.pool)
+        .await
+        .expect("count");
+    assert_eq!(jobs, 1);
 }

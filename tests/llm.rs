@@ -473,18 +473,6 @@ async fn connection_refused_is_retryable() {
     assert!(message.contains("request failed"), "{message}");
 }
 
-#[tokio::test]
-async fn anthropic_is_not_implemented() {
-    let mut model = ModelConfig::mock();
-    model.provider = Provider::Anthropic;
-    let client = client(Duration::from_secs(5));
-    let (r, _) = run(&client, &model, &ask("hi"), &CancellationToken::new()).await;
-    assert!(
-        matches!(&r, Err(LlmError::Fatal(m)) if m.contains("anthropic")),
-        "{r:?}"
-    );
-}
-
 #[test]
 fn sse_parser_handles_splits_crlf_and_comments() {
     let wire = "data: a\r\n\r\n: comment\n\nevent: x\r\ndata: b\r\ndata:c\r\n\r\nid: 1\rdata: [DONE]\r\rdata: tail\n";

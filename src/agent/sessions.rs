@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::store;
 use crate::queue::control::{self, active_with_key};
-use crate::queue::{JobState, NewJob, QueueError, enqueue};
+use crate::queue::{Enqueued, JobState, NewJob, QueueError, enqueue};
 
 /// The job kind of a chat turn.
 pub const TURN_KIND: &str = "agent.turn";
@@ -48,6 +48,8 @@ pub enum SessionError {
     #[error("a turn is already running in this session")]
     Busy,
     #[error(transparent)]
+    Invalid(#[from] crate::queue::enqueue::InvalidJob),
+    #[error(transparent)]
     Queue(#[from] QueueError),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
@@ -69,7 +71,26 @@ pub async fn send_turn(
     idempotency_key: Option<String>,
 ) -> Result<SentTurn, SessionError> {
     let key = turn_key(session_id);
-    if matches!(multitask, Multitask::Interrupt | Multitask::Rollback) {
+    let mut job = NewJob::new(
+        TURN_KIND,
+        json!({ "session_id": session_id, "model": model }),
+    );
+    job.concurrency_key = Some(key.clone());
+    job.stream_id = Some(session_id);
+    job.idempotency_key = idempotency_key;
+    job.max_attempts = Some(3);
+    job.validate()?;
+    let replay = match &job.idempotency_key {
+        Some(k) => {
+            let mut conn = pool.acquire().await?;
+            control::by_idempotency_key(&mut conn, project_id, k)
+                .await?
+                .is_some()
+        }
+        None => false,
+    };
+    // A replayed request must not stop anything: it may name the very turn that is running.
+    if !replay && matches!(multitask, Multitask::Interrupt | Multitask::Rollback) {
         stop_active(
             pool,
             project_id,
@@ -84,19 +105,27 @@ pub async fn send_turn(
         .await?
         .ok_or(SessionError::NotFound)?;
     let active = active_with_key(&mut tx, project_id, &key).await?;
-    if multitask == Multitask::Reject && !active.is_empty() {
+    let running = active
+        .iter()
+        .any(|(_, s)| matches!(s, JobState::Running | JobState::Waiting));
+    if !replay && multitask == Multitask::Reject && running {
         return Err(SessionError::Busy);
     }
-    let mut job = NewJob::new(
-        TURN_KIND,
-        json!({ "session_id": session_id, "model": model }),
-    );
-    job.concurrency_key = Some(key);
-    job.stream_id = Some(session_id);
-    job.idempotency_key = idempotency_key;
-    job.max_attempts = Some(3);
     let turn = enqueue(&mut tx, project_id, &job).await?;
     let turn_id = turn.job().id;
+    if let Enqueued::Existing(_) = turn {
+        // A replay of the same request: the turn and its message already exist.
+        tx.rollback().await?;
+        let message_id = store::user_message_of(pool, turn_id)
+            .await?
+            .unwrap_or(turn_id);
+        return Ok(SentTurn {
+            turn_id,
+            job_id: turn_id,
+            position: 0,
+            message_id,
+        });
+    }
     let message_id = store::insert_user_message(
         &mut tx,
         session_id,

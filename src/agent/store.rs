@@ -301,3 +301,13 @@ pub async fn set_title(pool: &PgPool, session_id: Uuid, title: &str) -> Result<(
     .await?;
     Ok(())
 }
+
+/// The user message a turn was sent with.
+pub async fn user_message_of(pool: &PgPool, turn_id: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT id FROM messages WHERE turn_id = $1 AND role = 'user' ORDER BY id LIMIT 1",
+        turn_id
+    )
+    .fetch_optional(pool)
+    .await
+}

@@ -32,6 +32,7 @@ impl From<SessionError> for ApiError {
                 "turn_running",
                 "a turn is already running in this session (multitask: reject)",
             ),
+            SessionError::Invalid(i) => ApiError::invalid_field(i.field, i.to_string()),
             SessionError::Queue(q) => q.into(),
             SessionError::Db(d) => d.into(),
         }

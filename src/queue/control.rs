@@ -206,3 +206,18 @@ pub async fn active_with_key(
     .await?;
     Ok(rows.into_iter().map(|r| (r.id, r.state)).collect())
 }
+
+/// The job an idempotency key already names in `project_id`, if any.
+pub async fn by_idempotency_key(
+    conn: &mut PgConnection,
+    project_id: Uuid,
+    key: &str,
+) -> Result<Option<Uuid>, QueueError> {
+    Ok(sqlx::query_scalar!(
+        "SELECT id FROM jobs WHERE project_id = $1 AND idempotency_key = $2",
+        project_id,
+        key
+    )
+    .fetch_optional(conn)
+    .await?)
+}

@@ -1,6 +1,8 @@
-//! A scripted OpenAI-compatible Chat Completions server for tests: a real HTTP server on
-//! 127.0.0.1 that answers each request with the next queued [`Reply`], in OpenAI's exact SSE
-//! chunk format.
+//! A scripted model provider for tests: a real HTTP server on 127.0.0.1 that answers each request
+//! with the next queued [`Reply`], in OpenAI's exact SSE chunk format on `/v1/chat/completions`
+//! and in Anthropic's exact event format on `/v1/messages` (one queue serves both).
+
+mod anthropic;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -29,6 +31,7 @@ struct Shared {
     replies: VecDeque<Reply>,
     requests: Vec<Value>,
     authorizations: Vec<Option<String>>,
+    headers: Vec<HeaderMap>,
 }
 
 /// One scripted answer to one request.
@@ -123,6 +126,7 @@ impl FakeLlm {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
+            .route("/v1/messages", post(anthropic::messages))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -163,6 +167,19 @@ impl FakeLlm {
         self.lock().authorizations.clone()
     }
 
+    /// Every request's headers, in order.
+    pub fn request_headers(&self) -> Vec<HeaderMap> {
+        self.lock().headers.clone()
+    }
+
+    /// Like [`FakeLlm::model`] but with provider anthropic, so calls go to `/v1/messages`.
+    pub fn anthropic_model(&self, name: &str) -> ModelConfig {
+        ModelConfig {
+            provider: Provider::Anthropic,
+            ..self.model(name)
+        }
+    }
+
     /// A ModelConfig pointing at this server (provider openai, name `name`, context_window 8000).
     pub fn model(&self, name: &str) -> ModelConfig {
         ModelConfig {
@@ -194,31 +211,13 @@ async fn chat(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let model = request["model"].as_str().unwrap_or("fake").to_owned();
-    let reply = {
-        let mut s = shared.lock().expect("fake llm state");
-        s.requests.push(request);
-        let auth = headers.get(header::AUTHORIZATION);
-        s.authorizations
-            .push(auth.and_then(|v| v.to_str().ok()).map(str::to_owned));
-        s.replies.pop_front()
-    };
-    let reply = reply.unwrap_or_else(|| Reply::text("ok"));
+    let (model, reply) = take(&shared, headers, &body);
     let steps = match reply {
         Reply::Status {
             status,
             retry_after,
             body,
-        } => {
-            let mut r = Response::builder()
-                .status(StatusCode::from_u16(status).expect("status code"))
-                .header(header::CONTENT_TYPE, "application/json");
-            if let Some(s) = retry_after {
-                r = r.header(header::RETRY_AFTER, s.to_string());
-            }
-            return r.body(Body::from(body)).expect("status response");
-        }
+        } => return status_response(status, retry_after, body),
         Reply::Raw { body } => vec![Step::Data(body)],
         Reply::Stream {
             chunks,
@@ -243,6 +242,35 @@ async fn chat(
             steps
         }
     };
+    stream_response(steps)
+}
+
+/// Records a request and pops its reply; returns the requested model (or `fake`) and the reply.
+fn take(shared: &Mutex<Shared>, headers: HeaderMap, body: &[u8]) -> (String, Reply) {
+    let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let model = request["model"].as_str().unwrap_or("fake").to_owned();
+    let mut s = shared.lock().expect("fake llm state");
+    s.requests.push(request);
+    let auth = headers.get(header::AUTHORIZATION);
+    s.authorizations
+        .push(auth.and_then(|v| v.to_str().ok()).map(str::to_owned));
+    s.headers.push(headers);
+    let reply = s.replies.pop_front().unwrap_or_else(|| Reply::text("ok"));
+    (model, reply)
+}
+
+/// A plain (non-stream) answer with `status`, `body` and Retry-After if given.
+fn status_response(status: u16, retry_after: Option<u64>, body: String) -> Response {
+    let mut r = Response::builder()
+        .status(StatusCode::from_u16(status).expect("status code"))
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(s) = retry_after {
+        r = r.header(header::RETRY_AFTER, s.to_string());
+    }
+    r.body(Body::from(body)).expect("status response")
+}
+
+fn stream_response(steps: Vec<Step>) -> Response {
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
@@ -273,7 +301,11 @@ fn body_of(steps: Vec<Step>) -> Body {
 
 /// One SSE event, written in two halves so clients must handle lines split across reads.
 fn event(steps: &mut Vec<Step>, data: &Value) {
-    let text = format!("data: {data}\n\n");
+    halves(steps, &format!("data: {data}\n\n"));
+}
+
+/// `text` as two body writes, split mid-way on a char boundary.
+fn halves(steps: &mut Vec<Step>, text: &str) {
     let mid = (0..=text.len() / 2)
         .rev()
         .find(|&i| text.is_char_boundary(i))
