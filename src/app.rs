@@ -64,7 +64,10 @@ pub fn builtin_registry(pool: &PgPool, s: &Settings) -> anyhow::Result<Registry>
         allow_private: s.http_allow_private,
         max_rounds: 8,
         step_retries: 2,
-        compaction: crate::agent::compaction::Policy::default(),
+        compaction: crate::agent::compaction::Policy {
+            share: s.compaction_share,
+            ..Default::default()
+        },
     });
     Ok(turn::register(
         kinds::register_builtins(Registry::new(), deps),

@@ -100,6 +100,9 @@ pub struct Common {
     /// Longest retry delay in seconds.
     #[arg(long, env = "SPOOL_RETRY_MAX_S", global = true)]
     retry_max_s: Option<u64>,
+    /// Share of the context window a prompt may fill before the session is compacted.
+    #[arg(long, env = "SPOOL_COMPACTION_SHARE", global = true)]
+    compaction_share: Option<f64>,
 }
 
 impl Common {
@@ -125,6 +128,7 @@ impl Common {
             http_allow_private: self.http_allow_private,
             retry_base_ms: self.retry_base_ms,
             retry_max_s: self.retry_max_s,
+            compaction_share: self.compaction_share,
         };
         Ok(Settings::resolve(over, file)?)
     }

@@ -89,6 +89,8 @@ pub struct Settings {
     pub models: Models,
     /// Roots file tools may read (`[[workspaces]]`).
     pub workspaces: Vec<Workspace>,
+    /// Share of a model's context window the last prompt may fill before compaction.
+    pub compaction_share: f64,
 }
 
 /// One layer of settings: the command line and environment (clap merges the two), or the file.
@@ -107,11 +109,13 @@ pub struct Overrides {
     pub http_allow_private: Option<bool>,
     pub retry_base_ms: Option<u64>,
     pub retry_max_s: Option<u64>,
+    pub compaction_share: Option<f64>,
 }
 
 impl Overrides {
     /// The setting names, as written in `spool.toml`.
-    pub const KEYS: [&str; 13] = [
+    pub const KEYS: [&str; 14] = [
+        "compaction_share",
         "database_url",
         "data_dir",
         "listen",
@@ -143,6 +147,7 @@ impl Overrides {
             http_allow_private: self.http_allow_private.or(below.http_allow_private),
             retry_base_ms: self.retry_base_ms.or(below.retry_base_ms),
             retry_max_s: self.retry_max_s.or(below.retry_max_s),
+            compaction_share: self.compaction_share.or(below.compaction_share),
         }
     }
 }
@@ -195,6 +200,7 @@ impl Settings {
             },
             models,
             workspaces,
+            compaction_share: v.compaction_share.unwrap_or(0.5).clamp(0.05, 0.95),
         })
     }
 

@@ -812,3 +812,56 @@ async fn a_replayed_turn_returns_the_same_turn_and_stores_one_message() {
         .expect("count");
     assert_eq!(jobs, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_turn_cancels_alone_and_deleting_a_session_cancels_its_turns() {
+    let fake = FakeLlm::start().await;
+    fake.push_all([
+        slow_text(80, 100),
+        Reply::text("never"),
+        Reply::text("never either"),
+    ]);
+    let e = agent_env(&fake).await;
+    let s = e.serve(e.registry()).await;
+    let w = e.worker(e.registry(), fast_worker()).await;
+    let session = new_session(&s, json!({})).await;
+    let running = turn(&s, session, "long one").await;
+    let queued = turn(&s, session, "cancel me").await;
+    let last = turn(&s, session, "delete me").await;
+    let (st, j) = s
+        .post(&format!("/api/v1/jobs/{queued}/cancel"), json!({}))
+        .await;
+    assert_eq!((st, j["state"].clone()), (200, json!("cancelled")), "{j}");
+    let (st, _) = s.get(&format!("/api/v1/jobs/{running}")).await;
+    assert_eq!(st, 200);
+    // Delete once the first turn is streaming from the model.
+    let streaming = eventually(Duration::from_secs(10), || async {
+        (fake.request_count() >= 1).then_some(())
+    })
+    .await;
+    assert!(streaming.is_some(), "the first turn never called the model");
+    let r = s
+        .req(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/sessions/{session}"),
+        )
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(s.wait(running, 5).await["state"], "cancelled");
+    assert_eq!(s.wait(last, 5).await["state"], "cancelled");
+    w.shutdown(Duration::from_secs(1)).await;
+    let (st, b) = s.get(&format!("/api/v1/sessions/{session}")).await;
+    assert_eq!((st, b["error"]["code"].clone()), (404, json!("not_found")));
+    let left: (i64,) = sqlx::query_as("SELECT count(*) FROM messages")
+        .fetch_one(&e.svc.pool)
+        .await
+        .expect("count");
+    assert_eq!(left.0, 0, "the transcript outlived its session");
+    assert_eq!(
+        turn_requests(&fake).len(),
+        1,
+        "cancelled turns must not call the model"
+    );
+}

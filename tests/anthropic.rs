@@ -13,14 +13,6 @@ use spool::llm::{
 };
 use tokio_util::sync::CancellationToken;
 
-fn client(idle: Duration) -> LlmClient {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("http client");
-    LlmClient::new(http, idle)
-}
-
 fn msg(role: Role, content: &str) -> ChatMessage {
     ChatMessage {
         role,
@@ -45,6 +37,16 @@ fn call(id: &str, name: &str, arguments: &str) -> ToolCall {
     }
 }
 
+/// A streamed tool call whose arguments arrive in `parts` pieces.
+fn tool_chunk(c: ToolCall, parts: usize) -> Chunk {
+    Chunk::ToolCall {
+        id: c.id,
+        name: c.name,
+        arguments: c.arguments,
+        parts,
+    }
+}
+
 fn ask(text: &str) -> ChatRequest {
     ChatRequest {
         model: String::new(),
@@ -54,31 +56,35 @@ fn ask(text: &str) -> ChatRequest {
     }
 }
 
-/// Streams one call with `model` and returns its result and every event it reported.
+/// A call's result and every event it reported.
+type Outcome = (Result<Completion, LlmError>, Vec<StreamEvent>);
+
+/// Streams one call with `model`; a stream silent for `idle` counts as stalled.
 async fn run_with(
     model: &ModelConfig,
     req: &ChatRequest,
     idle: Duration,
     cancel: &CancellationToken,
-) -> (Result<Completion, LlmError>, Vec<StreamEvent>) {
+) -> Outcome {
     let mut events = Vec::new();
     let mut on_event = |e: StreamEvent| events.push(e);
-    let result = client(idle).stream(model, req, cancel, &mut on_event).await;
+    let http = reqwest::Client::builder().no_proxy().build();
+    let client = LlmClient::new(http.expect("http client"), idle);
+    let result = client.stream(model, req, cancel, &mut on_event).await;
     (result, events)
 }
 
-async fn run(
-    fake: &FakeLlm,
-    req: &ChatRequest,
-) -> (Result<Completion, LlmError>, Vec<StreamEvent>) {
-    let model = fake.anthropic_model("claude-fake");
-    run_with(
-        &model,
-        req,
-        Duration::from_secs(5),
-        &CancellationToken::new(),
-    )
-    .await
+async fn run(fake: &FakeLlm, req: &ChatRequest) -> Outcome {
+    let (model, cancel) = (
+        fake.anthropic_model("claude-fake"),
+        CancellationToken::new(),
+    );
+    run_with(&model, req, Duration::from_secs(5), &cancel).await
+}
+
+/// Asserts that `message` mentions every one of `parts`.
+fn mentions(message: &str, parts: &[&str]) {
+    assert!(parts.iter().all(|p| message.contains(p)), "{message}");
 }
 
 fn deltas(events: &[StreamEvent]) -> Vec<String> {
@@ -108,18 +114,14 @@ fn fatal(r: Result<Completion, LlmError>) -> String {
     }
 }
 
-/// An event-stream body of these events, each named by its `type`.
-fn raw_body(events: &[Value]) -> String {
-    events
+/// A reply of exactly these events, each named by its `type`, lines ending in `eol`.
+fn raw(events: &[Value], eol: &str) -> Reply {
+    let kind = |e: &Value| e["type"].as_str().unwrap_or("").to_owned();
+    let body = events
         .iter()
-        .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap_or("")))
-        .collect()
-}
-
-fn raw(events: &[Value]) -> Reply {
-    Reply::Raw {
-        body: raw_body(events),
-    }
+        .map(|e| format!("event: {}{eol}data: {e}{eol}{eol}", kind(e)))
+        .collect();
+    Reply::Raw { body }
 }
 
 #[tokio::test]
@@ -135,7 +137,6 @@ async fn text_streams_as_deltas() {
     assert_eq!(done.finish_reason.as_deref(), Some("end_turn"));
     assert_eq!(done.model, "claude-fake");
     assert!(done.tool_calls.is_empty());
-    assert_eq!(fake.request_count(), 1);
 }
 
 #[tokio::test]
@@ -147,18 +148,9 @@ async fn tool_calls_assemble_from_split_input_json() {
             Chunk::Reasoning("I should ".to_owned()),
             Chunk::Reasoning("read it.".to_owned()),
             Chunk::Text("Let me look.".to_owned()),
-            Chunk::ToolCall {
-                id: "toolu_abc".to_owned(),
-                name: "read_file".to_owned(),
-                arguments: args.to_owned(),
-                parts: 4,
-            },
-            Chunk::ToolCall {
-                id: "toolu_def".to_owned(),
-                name: "list_dir".to_owned(),
-                arguments: String::new(),
-                parts: 1,
-            },
+            tool_chunk(call("toolu_abc", "read_file", args), 4),
+            // No parameters: the input JSON streams as nothing at all.
+            tool_chunk(call("toolu_def", "list_dir", ""), 1),
         ],
         usage: None,
         delay_ms: 0,
@@ -169,16 +161,13 @@ async fn tool_calls_assemble_from_split_input_json() {
         call("toolu_abc", "read_file", args),
         call("toolu_def", "list_dir", "{}"),
     ];
-    assert_eq!(
-        events,
-        [
-            StreamEvent::ReasoningDelta("I should ".to_owned()),
-            StreamEvent::ReasoningDelta("read it.".to_owned()),
-            StreamEvent::TextDelta("Let me look.".to_owned()),
-            StreamEvent::ToolCall(want[0].clone()),
-            StreamEvent::ToolCall(want[1].clone()),
-        ]
-    );
+    let mut expected = vec![
+        StreamEvent::ReasoningDelta("I should ".to_owned()),
+        StreamEvent::ReasoningDelta("read it.".to_owned()),
+        StreamEvent::TextDelta("Let me look.".to_owned()),
+    ];
+    expected.extend(want.iter().cloned().map(StreamEvent::ToolCall));
+    assert_eq!(events, expected);
     assert_eq!(done.tool_calls, want);
     assert_eq!(done.text, "Let me look.");
     assert_eq!(done.reasoning, "I should read it.");
@@ -195,10 +184,11 @@ async fn history_maps_onto_alternating_content_blocks() {
         ],
         ..msg(Role::Assistant, "Looking.")
     };
+    let schema = json!({ "type": "object", "properties": { "path": { "type": "string" } } });
     let tool = ToolDef {
         name: "list_dir".to_owned(),
         description: "the list_dir tool".to_owned(),
-        parameters: json!({ "type": "object", "properties": { "path": { "type": "string" } } }),
+        parameters: schema.clone(),
     };
     let req = ChatRequest {
         model: String::new(),
@@ -220,42 +210,32 @@ async fn history_maps_onto_alternating_content_blocks() {
     run(&fake, &ask("no tools")).await.0.expect("second");
 
     let bodies = fake.requests();
-    let b = &bodies[0];
-    assert_eq!(b["model"], json!("claude-fake"));
-    assert_eq!(b["stream"], json!(true));
-    assert_eq!(b["max_tokens"], json!(100));
-    assert_eq!(b["system"], json!("be brief\n\nanswer in English"));
-    assert_eq!(
-        b["tools"],
-        json!([{ "name": "list_dir", "description": "the list_dir tool",
-            "input_schema": { "type": "object", "properties": { "path": { "type": "string" } } } }])
-    );
     let text = |t: &str| json!({ "type": "text", "text": t });
+    let messages = json!([
+        { "role": "user", "content": [text("list"), text("then read a.txt")] },
+        { "role": "assistant", "content": [
+            text("Looking."),
+            { "type": "tool_use", "id": "toolu_1", "name": "list_dir", "input": { "path": "." } },
+            { "type": "tool_use", "id": "toolu_2", "name": "read_file", "input": {} },
+        ] },
+        { "role": "user", "content": [
+            { "type": "tool_result", "tool_use_id": "toolu_1", "content": "a.txt\nb.txt" },
+            { "type": "tool_result", "tool_use_id": "toolu_2" },
+            text("thanks"),
+        ] },
+    ]);
+    let tools =
+        json!([{ "name": "list_dir", "description": "the list_dir tool", "input_schema": schema }]);
     assert_eq!(
-        b["messages"],
-        json!([
-            { "role": "user", "content": [text("list"), text("then read a.txt")] },
-            { "role": "assistant", "content": [
-                text("Looking."),
-                { "type": "tool_use", "id": "toolu_1", "name": "list_dir", "input": { "path": "." } },
-                { "type": "tool_use", "id": "toolu_2", "name": "read_file", "input": {} },
-            ] },
-            { "role": "user", "content": [
-                { "type": "tool_result", "tool_use_id": "toolu_1", "content": "a.txt\nb.txt" },
-                { "type": "tool_result", "tool_use_id": "toolu_2" },
-                text("thanks"),
-            ] },
-        ])
+        bodies[0],
+        json!({ "model": "claude-fake", "max_tokens": 100, "stream": true,
+            "system": "be brief\n\nanswer in English", "messages": messages, "tools": tools })
     );
-    let plain = &bodies[1];
-    assert_eq!(plain["max_tokens"], json!(4096));
-    assert!(
-        plain.get("tools").is_none() && plain.get("system").is_none(),
-        "{plain}"
-    );
+    // Without tools or system text neither key is sent, and max_tokens takes its default.
     assert_eq!(
-        plain["messages"],
-        json!([{ "role": "user", "content": [text("no tools")] }])
+        bodies[1],
+        json!({ "model": "claude-fake", "max_tokens": 4096, "stream": true,
+            "messages": [{ "role": "user", "content": [text("no tools")] }] })
     );
 }
 
@@ -294,9 +274,7 @@ async fn raw_wire_variants_are_understood() {
         json!({ "type": "message_stop" }),
     ];
     let fake = FakeLlm::start().await;
-    fake.push(Reply::Raw {
-        body: raw_body(&events).replace('\n', "\r\n"),
-    });
+    fake.push(raw(&events, "\r\n"));
     let (r, events) = run(&fake, &ask("time?")).await;
     let done = r.expect("completion");
     assert_eq!(
@@ -329,20 +307,12 @@ async fn rate_limit_and_overload_are_retryable_with_retry_after() {
     ]);
     let (message, retry_after) = retryable(run(&fake, &ask("a")).await.0);
     assert_eq!(retry_after, Some(Duration::from_secs(7)));
-    assert!(
-        message.contains("429") && message.contains("slow down"),
-        "{message}"
-    );
+    mentions(&message, &["429", "slow down"]);
     let (message, retry_after) = retryable(run(&fake, &ask("b")).await.0);
-    assert!(
-        message.contains("529") && message.contains("overloaded"),
-        "{message}"
-    );
+    mentions(&message, &["529", "overloaded"]);
     assert_eq!(retry_after, None);
-    assert_eq!(
-        run(&fake, &ask("c")).await.0.expect("third").text,
-        "fine now"
-    );
+    let done = run(&fake, &ask("c")).await.0.expect("third");
+    assert_eq!(done.text, "fine now");
 }
 
 #[tokio::test]
@@ -350,10 +320,9 @@ async fn bad_request_is_fatal() {
     let fake = FakeLlm::start().await;
     let body = r#"{"type":"error","error":{"type":"invalid_request_error","message":"messages: roles must alternate"}}"#;
     fake.push(Reply::status(400, body));
-    let m = fatal(run(&fake, &ask("hi")).await.0);
-    assert!(
-        m.contains("400") && m.contains("roles must alternate"),
-        "{m}"
+    mentions(
+        &fatal(run(&fake, &ask("hi")).await.0),
+        &["400", "roles must alternate"],
     );
 }
 
@@ -364,16 +333,15 @@ async fn error_events_in_the_stream_are_classified() {
         |kind: &str| json!({ "type": "error", "error": { "type": kind, "message": "boom" } });
     let fake = FakeLlm::start().await;
     fake.push_all([
-        raw(&[start.clone(), error("overloaded_error")]),
-        raw(&[start, error("invalid_request_error")]),
+        raw(&[start.clone(), error("overloaded_error")], "\n"),
+        raw(&[start, error("invalid_request_error")], "\n"),
     ]);
     let (message, _) = retryable(run(&fake, &ask("a")).await.0);
-    assert!(
-        message.contains("overloaded_error") && message.contains("boom"),
-        "{message}"
+    mentions(&message, &["overloaded_error", "boom"]);
+    mentions(
+        &fatal(run(&fake, &ask("b")).await.0),
+        &["invalid_request_error"],
     );
-    let m = fatal(run(&fake, &ask("b")).await.0);
-    assert!(m.contains("invalid_request_error"), "{m}");
 }
 
 #[tokio::test]
@@ -386,19 +354,21 @@ async fn cut_or_unfinished_streams_are_retryable() {
         ],
     });
     let (r, events) = run(&fake, &ask("hi")).await;
-    let (message, _) = retryable(r);
-    assert!(message.contains("stream broke"), "{message}");
+    mentions(&retryable(r).0, &["stream broke"]);
     assert_eq!(deltas(&events).concat(), "partial answ");
 
     // A clean close after the stop reason but before message_stop is still not a whole answer.
-    fake.push(raw(&[
+    let events = [
         json!({ "type": "message_start", "message": { "model": "m" } }),
         json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } }),
         json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": "half" } }),
         json!({ "type": "message_delta", "delta": { "stop_reason": "end_turn" } }),
-    ]));
-    let (message, _) = retryable(run(&fake, &ask("hi")).await.0);
-    assert!(message.contains("ended early"), "{message}");
+    ];
+    fake.push(raw(&events, "\n"));
+    mentions(
+        &retryable(run(&fake, &ask("hi")).await.0).0,
+        &["ended early"],
+    );
 }
 
 #[tokio::test]
@@ -412,13 +382,8 @@ async fn stall_is_retryable_and_cancel_returns_quickly() {
     let started = Instant::now();
     let idle = Duration::from_millis(300);
     let (r, _) = run_with(&model, &ask("hi"), idle, &CancellationToken::new()).await;
-    let (message, _) = retryable(r);
-    assert!(message.contains("stream stalled"), "{message}");
-    assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        started.elapsed()
-    );
+    mentions(&retryable(r).0, &["stream stalled"]);
+    assert!(started.elapsed() < Duration::from_millis(1500));
 
     fake.push(Reply::Stream {
         chunks: (0..20).map(|i| Chunk::Text(format!("w{i} "))).collect(),
@@ -434,11 +399,7 @@ async fn stall_is_retryable_and_cancel_returns_quickly() {
     let started = Instant::now();
     let (r, events) = run_with(&model, &ask("hi"), Duration::from_secs(5), &cancel).await;
     assert!(matches!(r, Err(LlmError::Cancelled)), "{r:?}");
-    assert!(
-        started.elapsed() < Duration::from_millis(1000),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_millis(1000));
     assert!((1..20).contains(&deltas(&events).len()), "{events:?}");
 }
 
@@ -451,26 +412,19 @@ async fn api_key_and_version_headers_are_sent_and_a_missing_key_is_fatal() {
     model.model = Some("claude-provider-id".to_owned());
     let cancel = CancellationToken::new();
     let idle = Duration::from_secs(5);
-    run_with(&model, &ask("hi"), idle, &cancel)
-        .await
-        .0
-        .expect("completion");
+    let (r, _) = run_with(&model, &ask("hi"), idle, &cancel).await;
+    r.expect("completion");
     let headers = fake.request_headers();
-    let header = |name: &str| {
-        headers[0]
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let header = |name: &str| headers[0].get(name).map(|v| v.as_bytes().to_vec());
     let path = std::env::var("PATH").expect("PATH");
-    assert_eq!(header("x-api-key"), Some(path));
-    assert_eq!(header("anthropic-version").as_deref(), Some("2023-06-01"));
-    assert_eq!(header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(header("x-api-key"), Some(path.into_bytes()));
+    assert_eq!(header("anthropic-version"), Some(b"2023-06-01".to_vec()));
+    assert_eq!(header("content-type"), Some(b"application/json".to_vec()));
     assert_eq!(fake.authorizations(), [None]);
     assert_eq!(fake.requests()[0]["model"], json!("claude-provider-id"));
 
     model.api_key_env = Some("SPOOL_TEST_SURELY_UNSET_KEY".to_owned());
     let m = fatal(run_with(&model, &ask("hi"), idle, &cancel).await.0);
-    assert!(m.contains("SPOOL_TEST_SURELY_UNSET_KEY"), "{m}");
+    mentions(&m, &["SPOOL_TEST_SURELY_UNSET_KEY"]);
     assert_eq!(fake.request_count(), 1);
 }

@@ -64,6 +64,10 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
         .get(&session.model)
         .cloned()
         .unwrap_or_else(|| deps.models.default_model().clone());
+    if model.provider == crate::llm::config::Provider::Mock {
+        // The offline model would only echo; the first-message title stays.
+        return Ok(json!({ "title": session.title, "skipped": "mock model" }));
+    }
     let messages = store::messages(&deps.pool, session_id).await.map_err(db)?;
     let excerpt: String = messages
         .iter()

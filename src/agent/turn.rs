@@ -111,6 +111,20 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
         allow_loopback: deps.allow_loopback,
         allow_private: deps.allow_private,
     };
+    // The model learns which workspace its file tools read, without the server's paths.
+    let system = match (&session.system_prompt, &tool_ctx.workspace) {
+        (p, Some(w)) => Some(format!(
+            "{}{}Files of the workspace `{}` can be read with the file tools; paths are relative to its root.",
+            p.as_deref().unwrap_or(""),
+            if p.as_deref().is_some_and(|p| !p.is_empty()) {
+                "\n\n"
+            } else {
+                ""
+            },
+            w.name
+        )),
+        (p, None) => p.clone(),
+    };
     let mut total = Usage::default();
     let mut rounds = 0usize;
     let (mut summary, mut upto) = (session.summary.clone(), session.summary_upto);
@@ -161,11 +175,7 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
         let offer_tools = done_rounds + 1 < deps.max_rounds;
         let req = ChatRequest {
             model: model.wire_model().to_owned(),
-            messages: history::build(
-                session.system_prompt.as_deref(),
-                summary.as_deref(),
-                &messages,
-            ),
+            messages: history::build(system.as_deref(), summary.as_deref(), &messages),
             tools: if offer_tools {
                 defs.clone()
             } else {
