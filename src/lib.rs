@@ -12,6 +12,7 @@ pub mod db;
 pub mod events;
 pub mod kinds;
 pub mod llm;
+pub mod net;
 pub mod projects;
 pub mod queue;
 pub mod tools;

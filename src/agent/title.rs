@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::store;
-use super::turn::AgentDeps;
+use super::turn::{AgentDeps, db, load_session};
 use crate::llm::{ChatMessage, ChatRequest, Role};
 use crate::queue::{NewJob, enqueue};
 use crate::worker::{JobContext, JobError, Registry};
@@ -45,20 +45,8 @@ pub async fn request(
 }
 
 async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
-    let session_id = ctx
-        .args
-        .get("session_id")
-        .and_then(Value::as_str)
-        .and_then(|s| Uuid::parse_str(s).ok())
-        .ok_or_else(|| JobError::fail("args.session_id is missing"))?;
-    let db = |e: sqlx::Error| JobError::retry(format!("database error: {e}"));
-    let session = {
-        let mut conn = deps.pool.acquire().await.map_err(db)?;
-        store::session(&mut conn, ctx.project_id, session_id, false)
-            .await
-            .map_err(db)?
-    }
-    .ok_or_else(|| JobError::fail("the session no longer exists"))?;
+    let session = load_session(&deps, &ctx).await?;
+    let session_id = session.id;
     let model = deps
         .models
         .get(&session.model)

@@ -51,29 +51,36 @@ pub fn register(registry: Registry, deps: Arc<AgentDeps>) -> Registry {
     title::register(registry, for_titles)
 }
 
-fn lost() -> JobError {
-    JobError::retry("lease lost while writing the transcript")
-}
-
-fn db(e: sqlx::Error) -> JobError {
-    JobError::retry(format!("database error: {e}"))
-}
-
-async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
-    let fence = ctx.fence();
+/// The session named by a job's `args.session_id`, in the job's project.
+pub(super) async fn load_session(
+    deps: &AgentDeps,
+    ctx: &JobContext,
+) -> Result<store::Session, JobError> {
     let session_id = ctx
         .args
         .get("session_id")
         .and_then(Value::as_str)
         .and_then(|s| Uuid::parse_str(s).ok())
         .ok_or_else(|| JobError::fail("args.session_id is missing"))?;
-    let session = {
-        let mut conn = deps.pool.acquire().await.map_err(db)?;
-        store::session(&mut conn, ctx.project_id, session_id, false)
-            .await
-            .map_err(db)?
-    }
-    .ok_or_else(|| JobError::fail("the session no longer exists"))?;
+    let mut conn = deps.pool.acquire().await.map_err(db)?;
+    store::session(&mut conn, ctx.project_id, session_id, false)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| JobError::fail("the session no longer exists"))
+}
+
+fn lost() -> JobError {
+    JobError::retry("lease lost while writing the transcript")
+}
+
+pub(super) fn db(e: sqlx::Error) -> JobError {
+    JobError::retry(format!("database error: {e}"))
+}
+
+async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
+    let fence = ctx.fence();
+    let session = load_session(&deps, &ctx).await?;
+    let session_id = session.id;
     let model_name = ctx
         .args
         .get("model")

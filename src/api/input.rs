@@ -67,3 +67,21 @@ pub fn bounded(
         )),
     }
 }
+
+/// A keyset cursor: the id of the last row of the previous page.
+pub fn cursor(raw: Option<&str>) -> Result<Option<uuid::Uuid>, ApiError> {
+    raw.map(|c| {
+        uuid::Uuid::parse_str(c)
+            .map_err(|_| ApiError::invalid_field("cursor", "cursor is not valid"))
+    })
+    .transpose()
+}
+
+/// Trims a page fetched with `limit + 1` rows to `limit`, returning the next cursor when more exist.
+pub fn page<T>(rows: &mut Vec<T>, limit: i64, id: impl Fn(&T) -> uuid::Uuid) -> Option<String> {
+    if rows.len() as i64 <= limit {
+        return None;
+    }
+    rows.truncate(limit as usize);
+    rows.last().map(|r| id(r).to_string())
+}

@@ -164,13 +164,7 @@ pub async fn list(
                 .map_err(|e| ApiError::invalid_field("state", e))
         })
         .transpose()?;
-    let before = q
-        .cursor
-        .as_deref()
-        .map(|c| {
-            Uuid::parse_str(c).map_err(|_| ApiError::invalid_field("cursor", "cursor is not valid"))
-        })
-        .transpose()?;
+    let before = input::cursor(q.cursor.as_deref())?;
     let filter = JobFilter {
         state: state_filter,
         kind: q.kind,
@@ -180,12 +174,7 @@ pub async fn list(
         limit: limit + 1,
     };
     let mut jobs = control::list(&state.pool, auth.0.project_id, &filter).await?;
-    let next_cursor = if jobs.len() as i64 > limit {
-        jobs.truncate(limit as usize);
-        jobs.last().map(|j| j.id.to_string())
-    } else {
-        None
-    };
+    let next_cursor = input::page(&mut jobs, limit, |j| j.id);
     Ok(Json(json!({ "jobs": jobs, "next_cursor": next_cursor })))
 }
 

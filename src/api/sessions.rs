@@ -126,20 +126,9 @@ pub async fn list(
     ValidQuery(q): ValidQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = bounded(q.limit.as_deref(), "limit", 50, 1..=200)?;
-    let before = q
-        .cursor
-        .as_deref()
-        .map(|c| {
-            Uuid::parse_str(c).map_err(|_| ApiError::invalid_field("cursor", "cursor is not valid"))
-        })
-        .transpose()?;
+    let before = input::cursor(q.cursor.as_deref())?;
     let mut rows = store::sessions(&state.pool, auth.0.project_id, before, limit + 1).await?;
-    let next = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|s| s.id.to_string())
-    } else {
-        None
-    };
+    let next = input::page(&mut rows, limit, |r| r.id);
     Ok(Json(json!({ "sessions": rows, "next_cursor": next })))
 }
 

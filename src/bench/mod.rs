@@ -1,4 +1,9 @@
-//! `spool bench`: drain throughput and enqueue-to-start latency, printed as one JSON line.
+//! `spool bench`: drain throughput, enqueue-to-start latency and streamed chat turns, printed as
+//! one JSON line.
+
+mod provider;
+mod reader;
+mod turns;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +25,9 @@ pub enum Mode {
     Drain,
     /// Enqueue one job at a time at a fixed rate; measure enqueue to handler start.
     Latency,
+    /// Run N chat turns at once against an in-process provider streaming T tokens each; measure
+    /// turns/s, database writes per turn and provider-chunk-to-SSE-client latency.
+    Turns,
 }
 
 /// Options of `spool bench`.
@@ -36,9 +44,26 @@ pub struct BenchArgs {
     /// Duration of `latency`.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Worker concurrency.
-    #[arg(long, default_value_t = 256)]
-    concurrency: usize,
+    /// Concurrent chat turns for `turns`.
+    #[arg(long, default_value_t = 200)]
+    turns: usize,
+    /// Tokens each turn streams, for `turns`.
+    #[arg(long, default_value_t = 500)]
+    tokens: usize,
+    /// Milliseconds between two streamed tokens, for `turns`.
+    #[arg(long, default_value_t = 5)]
+    chunk_ms: u64,
+    /// For `turns`: measure each session's first turn (with its title job) instead of a second
+    /// turn after a one-token warm-up turn.
+    #[arg(long)]
+    first_turn: bool,
+    /// Worker concurrency [default: 256; for `turns` at least twice --turns, so every turn and
+    /// its title job run at once].
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Database connections of the bench process (API, worker and measurement share them).
+    #[arg(long, default_value_t = 20)]
+    db_pool: u32,
     /// Postgres URL; without it an embedded cluster is started in a temporary directory.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
@@ -56,12 +81,13 @@ pub async fn run(b: BenchArgs) -> anyhow::Result<()> {
         FileConfig::default(),
     )?;
     let (url, pg) = crate::cli::database(&settings).await?;
-    let svc = app::connect(&url, 20).await?;
+    let svc = app::connect(&url, b.db_pool.max(2)).await?;
     let project =
         spool::projects::ensure(&svc.pool, &format!("bench-{}", uuid::Uuid::new_v4())).await?;
     let line = match b.mode {
         Mode::Drain => drain(&svc, &settings, project.id, &b).await?,
         Mode::Latency => latency(&svc, project.id, &b).await?,
+        Mode::Turns => turns::run(&svc, &settings, project.id, &b).await?,
     };
     println!("{line}");
     svc.hub.stop();
@@ -71,9 +97,19 @@ pub async fn run(b: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl BenchArgs {
+    /// The worker concurrency: as given, else 256 (for `turns`, at least twice the turns).
+    fn concurrency(&self) -> usize {
+        self.concurrency.unwrap_or(match self.mode {
+            Mode::Turns => self.turns.saturating_mul(2).max(256),
+            Mode::Drain | Mode::Latency => 256,
+        })
+    }
+}
+
 fn worker_cfg(b: &BenchArgs) -> spool::worker::WorkerConfig {
     spool::worker::WorkerConfig {
-        concurrency: b.concurrency,
+        concurrency: b.concurrency(),
         ..Default::default()
     }
 }
@@ -101,7 +137,7 @@ async fn drain(
     let elapsed = start.elapsed().as_secs_f64();
     rt.shutdown(crate::cli::bench_grace()).await;
     Ok(json!({
-        "mode": "drain", "jobs": b.jobs, "concurrency": b.concurrency,
+        "mode": "drain", "jobs": b.jobs, "concurrency": b.concurrency(),
         "seconds": round(elapsed), "jobs_per_s": round(b.jobs as f64 / elapsed),
     }))
 }

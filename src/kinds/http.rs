@@ -7,7 +7,7 @@
 //! result or a [`JobError`]; what that means for the job is the runtime's business.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -49,14 +49,8 @@ pub struct HttpArgs {
     pub timeout_s: Option<u64>,
 }
 
-/// Which destinations are allowed.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NetPolicy {
-    /// Allow 127.0.0.0/8 and ::1 (dev mode turns this on).
-    pub allow_loopback: bool,
-    /// Allow private (RFC 1918, CGNAT 100.64/10, ULA fc00::/7) and link-local ranges.
-    pub allow_private: bool,
-}
+pub use crate::net::NetPolicy;
+use crate::net::check_destination;
 
 /// Validates args up front (used at enqueue time too, so bad args get a 400 before anything
 /// is stored): URL parses, scheme http/https, method is one of GET/POST/PUT/PATCH/DELETE/HEAD
@@ -321,65 +315,6 @@ fn parse_retry_after(v: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Dura
         (at - now).to_std().unwrap_or(Duration::ZERO)
     };
     Some(d.min(MAX_RETRY_AFTER))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AddrClass {
-    Public,
-    Loopback,
-    Private,
-    LinkLocal,
-    /// Never allowed: unspecified, multicast, broadcast, reserved.
-    Forbidden,
-}
-
-fn classify(ip: IpAddr) -> AddrClass {
-    match ip {
-        IpAddr::V4(v4) => classify_v4(v4),
-        IpAddr::V6(v6) => classify_v6(v6),
-    }
-}
-
-fn classify_v4(ip: Ipv4Addr) -> AddrClass {
-    match ip.octets() {
-        [127, ..] => AddrClass::Loopback,
-        [10, ..] | [172, 16..=31, ..] | [192, 168, ..] | [100, 64..=127, ..] => AddrClass::Private,
-        [169, 254, ..] => AddrClass::LinkLocal,
-        // 0/8 "this network", 224/4 multicast, 240/4 reserved incl. broadcast
-        [0, ..] | [224..=255, ..] => AddrClass::Forbidden,
-        _ => AddrClass::Public,
-    }
-}
-
-fn classify_v6(ip: Ipv6Addr) -> AddrClass {
-    let seg = ip.segments();
-    let [.., a, b, c, d] = ip.octets();
-    match seg {
-        _ if ip.is_loopback() => AddrClass::Loopback,
-        _ if ip.is_unspecified() => AddrClass::Forbidden,
-        // ::ffff:a.b.c.d (IPv4-mapped) and 64:ff9b::a.b.c.d (NAT64) reach the IPv4 address
-        [0, 0, 0, 0, 0, 0xffff, ..] | [0x64, 0xff9b, 0, 0, 0, 0, ..] => {
-            classify_v4(Ipv4Addr::new(a, b, c, d))
-        }
-        [0, 0, 0, 0, 0, 0, ..] => AddrClass::Forbidden, // deprecated IPv4-compatible
-        [0xfc00..=0xfdff, ..] | [0xfec0..=0xfeff, ..] => AddrClass::Private, // ULA, site-local
-        [0xfe80..=0xfebf, ..] => AddrClass::LinkLocal,
-        [0xff00..=0xffff, ..] => AddrClass::Forbidden, // multicast
-        _ => AddrClass::Public,
-    }
-}
-
-/// Ok if `ip` may be called under `policy`, else why not.
-fn check_destination(ip: IpAddr, policy: NetPolicy) -> Result<(), &'static str> {
-    match classify(ip) {
-        AddrClass::Public => Ok(()),
-        AddrClass::Loopback if policy.allow_loopback => Ok(()),
-        AddrClass::Private | AddrClass::LinkLocal if policy.allow_private => Ok(()),
-        AddrClass::Loopback => Err("a loopback address, which the network policy refuses"),
-        AddrClass::Private => Err("a private address, which the network policy refuses"),
-        AddrClass::LinkLocal => Err("a link-local address, which the network policy refuses"),
-        AddrClass::Forbidden => Err("an unspecified, multicast, broadcast or reserved address"),
-    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! client with DNS pinned to the addresses that were checked, no proxy and no redirects, so
 //! `ctx.http` is not used to send.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use reqwest::header::{CONTENT_TYPE, LOCATION};
@@ -166,77 +166,13 @@ fn error_chain(e: &reqwest::Error) -> String {
     chain.join(": ")
 }
 
-/// Ok if `ip` may be fetched, else why not (mirrors `kinds::http::check_destination`).
+/// The shared outbound policy, with this call's allowances.
 fn check(ip: IpAddr, allow_loopback: bool, allow_private: bool) -> Result<(), &'static str> {
-    match classify(ip) {
-        Class::Public => Ok(()),
-        Class::Loopback if allow_loopback => Ok(()),
-        Class::Private | Class::LinkLocal if allow_private => Ok(()),
-        Class::Loopback => Err("a loopback address, which is not allowed here"),
-        Class::Private => Err("a private address, which is not allowed here"),
-        Class::LinkLocal => Err("a link-local address, which is not allowed here"),
-        Class::Forbidden => Err("an unspecified, multicast, broadcast or reserved address"),
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
-    Public,
-    Loopback,
-    Private,
-    LinkLocal,
-    Forbidden,
-}
-
-fn classify(ip: IpAddr) -> Class {
-    match ip {
-        IpAddr::V4(v4) => classify_v4(v4),
-        IpAddr::V6(v6) => classify_v6(v6),
-    }
-}
-
-fn classify_v4(ip: Ipv4Addr) -> Class {
-    match ip.octets() {
-        [127, ..] => Class::Loopback,
-        [10, ..] | [172, 16..=31, ..] | [192, 168, ..] | [100, 64..=127, ..] => Class::Private,
-        [169, 254, ..] => Class::LinkLocal,
-        // 0/8 "this network", 224/4 multicast, 240/4 reserved incl. broadcast
-        [0, ..] | [224..=255, ..] => Class::Forbidden,
-        _ => Class::Public,
-    }
-}
-
-fn classify_v6(ip: Ipv6Addr) -> Class {
-    let [.., a, b, c, d] = ip.octets();
-    match ip.segments() {
-        _ if ip.is_loopback() => Class::Loopback,
-        _ if ip.is_unspecified() => Class::Forbidden,
-        // ::ffff:a.b.c.d (IPv4-mapped) and 64:ff9b::a.b.c.d (NAT64) reach the IPv4 address
-        [0, 0, 0, 0, 0, 0xffff, ..] | [0x64, 0xff9b, 0, 0, 0, 0, ..] => {
-            classify_v4(Ipv4Addr::new(a, b, c, d))
-        }
-        [0, 0, 0, 0, 0, 0, ..] => Class::Forbidden, // deprecated IPv4-compatible
-        [0xfc00..=0xfdff, ..] | [0xfec0..=0xfeff, ..] => Class::Private, // ULA, site-local
-        [0xfe80..=0xfebf, ..] => Class::LinkLocal,
-        [0xff00..=0xffff, ..] => Class::Forbidden, // multicast
-        _ => Class::Public,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Class, classify};
-
-    #[test]
-    fn classifies_addresses() {
-        let c = |s: &str| classify(s.parse().expect("ip"));
-        assert_eq!(c("127.0.0.1"), Class::Loopback);
-        assert_eq!(c("::1"), Class::Loopback);
-        assert_eq!(c("::ffff:127.0.0.1"), Class::Loopback);
-        assert_eq!(c("10.1.2.3"), Class::Private);
-        assert_eq!(c("fd00::1"), Class::Private);
-        assert_eq!(c("169.254.169.254"), Class::LinkLocal);
-        assert_eq!(c("0.0.0.0"), Class::Forbidden);
-        assert_eq!(c("93.184.216.34"), Class::Public);
-    }
+    crate::net::check_destination(
+        ip,
+        crate::net::NetPolicy {
+            allow_loopback,
+            allow_private,
+        },
+    )
 }

@@ -1,6 +1,7 @@
 //! Unit tests of the `http` kind's pure parts: signing, validation, address rules.
 
 use super::*;
+use crate::net::{AddrClass, classify};
 
 #[test]
 fn signature_known_vectors() {
