@@ -91,6 +91,8 @@ pub async fn run(b: BenchArgs) -> anyhow::Result<()> {
     };
     println!("{line}");
     svc.hub.stop();
+    // Lets the LISTEN task see the stop before the pool closes its connection under it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     svc.pool.close().await;
     drop(pg);
     let _ = std::fs::remove_dir_all(&tmp);

@@ -88,6 +88,11 @@ pub async fn run(
         Ok(addr) => measure(svc, project, b, base, &format!("http://{addr}/api/v1")).await,
         Err(_) => Err(anyhow::anyhow!("the API server did not start")),
     };
+    // Each server-side stream ends once it notices its client left (within its 2 s backstop).
+    let quiet = Instant::now() + Duration::from_secs(4);
+    while svc.hub.subscriber_topics() > 0 && Instant::now() < quiet {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     rt.shutdown(crate::cli::bench_grace()).await;
     stop.cancel();
     // Streams of finished readers may hold the graceful shutdown until their next keep-alive.
