@@ -98,7 +98,8 @@ async fn a_turn_with_two_tool_rounds_streams_checkpoints_and_sums_usage() {
     fake.push_all([
         Reply::tool_call("call_1", "list_dir", r#"{"path":"."}"#),
         Reply::tool_call("call_2", "read_file", r#"{"path":"notes.txt"}"#),
-        Reply::text("The notes say hello spool."),
+        // Spaced past the 40 ms write window, so the reply reaches clients in several deltas.
+        spaced("The notes say hello spool.", 60),
     ]);
     let e = agent_env(&fake).await;
     let s = e.serve(e.registry()).await;
@@ -221,6 +222,17 @@ async fn the_last_round_withholds_tools_so_the_model_must_answer() {
             .is_none_or(|t| t.as_array().is_none_or(|a| a.is_empty())),
         "last round offered tools"
     );
+}
+
+fn spaced(text: &str, delay_ms: u64) -> Reply {
+    match Reply::text(text) {
+        Reply::Stream { chunks, usage, .. } => Reply::Stream {
+            chunks,
+            usage,
+            delay_ms,
+        },
+        other => other,
+    }
 }
 
 fn slow_text(words: usize, delay_ms: u64) -> Reply {

@@ -261,11 +261,11 @@ async fn step(
         let mut on_event = |ev: StreamEvent| {
             match ev {
             StreamEvent::TextDelta(t) => {
-                ctx.emit("delta", json!({ "message_id": message_id, "text": t }));
+                ctx.emit_delta("delta", json!({ "message_id": message_id, "text": t }));
                 if let Ok(mut p) = partial.lock() { p.text.push_str(&t); }
             }
             StreamEvent::ReasoningDelta(t) => {
-                ctx.emit("reasoning_delta", json!({ "message_id": message_id, "text": t }));
+                ctx.emit_delta("reasoning_delta", json!({ "message_id": message_id, "text": t }));
                 if let Ok(mut p) = partial.lock() { p.reasoning.push_str(&t); }
             }
             StreamEvent::ToolCall(c) => ctx.emit("tool_call", json!({ "message_id": message_id, "id": c.id, "name": c.name, "arguments": c.arguments })),

@@ -64,6 +64,81 @@ pub async fn append(
     .await
 }
 
+/// One job's share of a batched append: its fence, its events and its latest progress.
+#[derive(Debug, Clone)]
+pub struct JobBatch {
+    pub job_id: Uuid,
+    pub lease_token: Uuid,
+    pub events: Vec<NewEvent>,
+    pub progress: Option<Value>,
+}
+
+/// Appends the events of many running jobs in one statement: each job's part is fenced by its
+/// lease and gets its `seq`s from its own row, so seq order stays commit order per job. Returns
+/// the jobs whose lease was still theirs; the others' events were not written.
+pub async fn append_batch(pool: &PgPool, batch: &[JobBatch]) -> Result<Vec<Uuid>, sqlx::Error> {
+    let mut job_ids = Vec::with_capacity(batch.len());
+    let mut tokens = Vec::with_capacity(batch.len());
+    let mut counts = Vec::with_capacity(batch.len());
+    let mut progress = Vec::with_capacity(batch.len());
+    let (mut ev_jobs, mut ev_ords, mut kinds, mut datas, mut ats) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    // A stable lock order (by job id) keeps concurrent batches from deadlocking on job rows.
+    let mut sorted: Vec<&JobBatch> = batch.iter().filter(|b| !b.events.is_empty()).collect();
+    sorted.sort_by_key(|b| b.job_id);
+    for b in sorted {
+        job_ids.push(b.job_id);
+        tokens.push(b.lease_token);
+        counts.push(b.events.len() as i64);
+        progress.push(b.progress.clone());
+        for (i, e) in b.events.iter().enumerate() {
+            ev_jobs.push(b.job_id);
+            ev_ords.push(i as i64 + 1);
+            kinds.push(e.kind.clone());
+            datas.push(e.data.clone());
+            ats.push(e.at);
+        }
+    }
+    if job_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar!(
+        r#"
+        WITH input AS (
+            SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::jsonb[])
+                AS i(job_id, token, n, progress)
+        ), bump AS (
+            UPDATE jobs j SET last_seq = j.last_seq + i.n, progress = coalesce(i.progress, j.progress)
+            FROM input i
+            WHERE j.id = i.job_id AND j.lease_token = i.token
+            RETURNING j.id, j.last_seq, i.n, j.stream_id
+        ), ins AS (
+            INSERT INTO job_events (job_id, seq, kind, data, at, stream_id)
+            SELECT e.job_id, b.last_seq - b.n + e.ord, e.kind, e.data, e.at, b.stream_id
+            FROM unnest($5::uuid[], $6::bigint[], $7::text[], $8::jsonb[], $9::timestamptz[])
+                AS e(job_id, ord, kind, data, at)
+            JOIN bump b ON b.id = e.job_id
+            ORDER BY e.job_id, e.ord
+        ), wake AS (
+            SELECT pg_notify('spool_events', string_agg(id::text, ','))
+            FROM (SELECT id, (row_number() OVER ()) / 150 AS chunk FROM bump) x GROUP BY chunk
+        )
+        SELECT id AS "id!" FROM bump WHERE (SELECT count(*) FROM wake) >= 0
+        "#,
+        &job_ids,
+        &tokens,
+        &counts,
+        &progress as &[Option<Value>],
+        &ev_jobs,
+        &ev_ords,
+        &kinds,
+        &datas,
+        &ats,
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// Up to `limit` events of `job_id` with `seq > after`, in order. Callers check project access.
 pub async fn read_after(
     pool: &PgPool,

@@ -10,4 +10,4 @@ pub mod writer;
 
 pub use hub::Hub;
 pub use log::{Event, NewEvent};
-pub use writer::EventSink;
+pub use writer::{EventSink, EventWriter};

@@ -1,175 +1,271 @@
-//! The coalescing writer behind a handler's `progress` and `emit`: at most one database write per
-//! job about every 50 ms, every write fenced by the lease, and a final flush before the job's
-//! state changes.
+//! The coalescing writer behind handlers' `progress` and `emit`. One writer per process gathers
+//! the events of every running job and writes them together, about every 50 ms, in one statement
+//! fenced per job by its lease: at most one write per job per window, and one statement per window
+//! however many jobs run. A job's final flush happens before its state changes.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio::sync::Notify;
-use tokio::task::JoinHandle;
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::log::{NewEvent, append};
+use super::log::{JobBatch, NewEvent, append_batch};
 
-/// How long events gather before one write.
-pub const COALESCE: Duration = Duration::from_millis(50);
+/// How long events gather before a write.
+pub const COALESCE: Duration = Duration::from_millis(40);
 
-/// Where a running job's events go. Cheap to clone; writes happen in the background.
+/// The process's event writer. Cheap to clone.
 #[derive(Clone)]
-pub struct EventSink {
+pub struct EventWriter {
     inner: Arc<Inner>,
 }
 
 struct Inner {
     pool: PgPool,
-    job_id: Uuid,
-    lease_token: Uuid,
-    /// Fired when a write finds the lease gone, so the runtime stops the handler.
-    fenced_out: CancellationToken,
+    jobs: Mutex<HashMap<Uuid, Pending>>,
+    /// Something is buffered (or a close wants a flush now).
     wake: Notify,
-    state: Mutex<Buffer>,
+    urgent: Notify,
+    stop: CancellationToken,
 }
 
-#[derive(Default)]
-struct Buffer {
+/// One job's buffered events.
+struct Pending {
+    lease_token: Uuid,
     events: Vec<NewEvent>,
     progress: Option<Value>,
-    flusher: Option<JoinHandle<()>>,
-    closed: bool,
+    fenced_out: CancellationToken,
+    /// Closers waiting for their final flush: told whether the lease was still theirs.
+    closers: Vec<oneshot::Sender<bool>>,
 }
 
-impl EventSink {
-    /// A sink for one held job; `fenced_out` fires if the lease turns out to be lost.
-    pub fn new(
-        pool: PgPool,
+/// Where one running job's events go.
+#[derive(Clone)]
+pub struct EventSink {
+    inner: Arc<Inner>,
+    job_id: Uuid,
+    lease_token: Uuid,
+    fenced_out: CancellationToken,
+    /// Whether this job ever buffered an event; jobs that never did close without a flush.
+    touched: Arc<AtomicBool>,
+}
+
+impl EventWriter {
+    /// Starts the writer's flush loop on `pool`.
+    pub fn start(pool: PgPool) -> Self {
+        let inner = Arc::new(Inner {
+            pool,
+            jobs: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            urgent: Notify::new(),
+            stop: CancellationToken::new(),
+        });
+        tokio::spawn(flush_loop(Arc::clone(&inner)));
+        Self { inner }
+    }
+
+    /// A sink for one held job; `fenced_out` fires if a write finds the lease gone.
+    pub fn sink(
+        &self,
         job_id: Uuid,
         lease_token: Uuid,
         fenced_out: CancellationToken,
-    ) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                pool,
-                job_id,
-                lease_token,
-                fenced_out,
-                wake: Notify::new(),
-                state: Mutex::new(Buffer::default()),
-            }),
+    ) -> EventSink {
+        EventSink {
+            inner: Arc::clone(&self.inner),
+            job_id,
+            lease_token,
+            fenced_out,
+            touched: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// Queues an event; it is written within about 50 ms. Ignored after [`close`](Self::close).
+    /// Stops the flush loop (after the runtime has closed every sink).
+    pub fn stop(&self) {
+        self.inner.stop.cancel();
+    }
+}
+
+impl EventSink {
+    /// Queues an event; it is written within about 40 ms.
     pub fn emit(&self, kind: &str, data: Value) {
-        self.push(kind, data, None);
+        self.push(kind, data, None, false);
+    }
+
+    /// Queues a text delta. Deltas that only differ in `text` merge with the one queued right
+    /// before them, so a burst of tokens becomes one row and one SSE frame.
+    pub fn emit_delta(&self, kind: &str, data: Value) {
+        self.push(kind, data, None, true);
     }
 
     /// Queues a `progress` event and records it as the job's current progress.
     pub fn progress(&self, pct: f64, message: &str) {
         let data = serde_json::json!({ "pct": pct.clamp(0.0, 100.0), "message": message });
-        self.push("progress", data.clone(), Some(data));
+        self.push("progress", data.clone(), Some(data), false);
     }
 
-    fn push(&self, kind: &str, data: Value, progress: Option<Value>) {
-        let Ok(mut buf) = self.inner.state.lock() else {
+    fn push(&self, kind: &str, data: Value, progress: Option<Value>, merge: bool) {
+        let Ok(mut jobs) = self.inner.jobs.lock() else {
             return;
         };
-        if buf.closed {
-            return;
-        }
-        buf.events.push(NewEvent {
-            kind: kind.to_owned(),
-            data,
-            at: Utc::now(),
-        });
-        if progress.is_some() {
-            buf.progress = progress;
-        }
-        if buf.flusher.is_none() {
-            let inner = Arc::clone(&self.inner);
-            buf.flusher = Some(tokio::spawn(flush_loop(inner)));
-        }
-        drop(buf);
-        self.inner.wake.notify_one();
-    }
-
-    /// Stops accepting events and writes what is buffered. Returns `false` if the lease was lost
-    /// (some events could not be written because the job is no longer ours).
-    pub async fn close(&self) -> bool {
-        let flusher = match self.inner.state.lock() {
-            Ok(mut buf) => {
-                buf.closed = true;
-                buf.flusher.take()
+        self.touched.store(true, Ordering::Release);
+        let pending = jobs.entry(self.job_id).or_insert_with(|| self.empty());
+        if merge
+            && let Some(last) = pending.events.last_mut()
+            && last.kind == kind
+            && mergeable(&last.data, &data)
+        {
+            if let (Some(Value::String(acc)), Some(Value::String(more))) =
+                (last.data.get_mut("text"), data.get("text"))
+            {
+                acc.push_str(more);
             }
-            Err(_) => None,
-        };
-        self.inner.wake.notify_one();
-        if let Some(handle) = flusher {
-            let _ = handle.await;
+        } else {
+            pending.events.push(NewEvent {
+                kind: kind.to_owned(),
+                data,
+                at: Utc::now(),
+            });
         }
-        !self.inner.fenced_out.is_cancelled()
+        if progress.is_some() {
+            pending.progress = progress;
+        }
+        drop(jobs);
+        self.inner.wake.notify_one();
+    }
+
+    fn empty(&self) -> Pending {
+        Pending {
+            lease_token: self.lease_token,
+            events: Vec::new(),
+            progress: None,
+            fenced_out: self.fenced_out.clone(),
+            closers: Vec::new(),
+        }
+    }
+
+    /// Writes what is buffered, after any write already under way for this job, and ends the
+    /// job's buffer. Returns `false` if the lease was lost (events could not be written).
+    pub async fn close(&self) -> bool {
+        if !self.touched.load(Ordering::Acquire) {
+            return !self.fenced_out.is_cancelled();
+        }
+        let (tx, rx) = oneshot::channel();
+        match self.inner.jobs.lock() {
+            Ok(mut jobs) => jobs
+                .entry(self.job_id)
+                .or_insert_with(|| self.empty())
+                .closers
+                .push(tx),
+            Err(_) => return false,
+        }
+        self.inner.wake.notify_one();
+        self.inner.urgent.notify_one();
+        rx.await.unwrap_or(false)
+    }
+}
+
+/// Two deltas merge when everything but their `text` is the same.
+fn mergeable(a: &Value, b: &Value) -> bool {
+    match (a.as_object(), b.as_object()) {
+        (Some(a), Some(b)) => {
+            a.len() == b.len()
+                && a.iter().all(|(k, v)| k == "text" || b.get(k) == Some(v))
+                && a.get("text").is_some_and(Value::is_string)
+        }
+        _ => false,
     }
 }
 
 async fn flush_loop(inner: Arc<Inner>) {
     loop {
-        inner.wake.notified().await;
-        let closed = inner.state.lock().map(|b| b.closed).unwrap_or(true);
-        if !closed {
-            // Let a burst of deltas gather into one write.
-            tokio::select! {
-                _ = tokio::time::sleep(COALESCE) => {}
-                _ = wait_closed(&inner) => {}
-            }
+        tokio::select! {
+            _ = inner.stop.cancelled() => return,
+            _ = inner.wake.notified() => {}
         }
-        let (events, progress, closed) = match inner.state.lock() {
-            Ok(mut b) => (std::mem::take(&mut b.events), b.progress.take(), b.closed),
-            Err(_) => return,
-        };
-        if !events.is_empty() && !write(&inner, &events, progress.as_ref()).await {
-            inner.fenced_out.cancel();
-            return;
+        // Let a window's worth of events gather, unless a closing job is waiting.
+        tokio::select! {
+            _ = tokio::time::sleep(COALESCE) => {}
+            _ = inner.urgent.notified() => {}
         }
-        if closed {
-            return;
-        }
+        flush(&inner).await;
     }
 }
 
-async fn wait_closed(inner: &Inner) {
-    loop {
-        inner.wake.notified().await;
-        if inner.state.lock().map(|b| b.closed).unwrap_or(true) {
-            return;
+/// Writes every job's buffered events in one statement, retrying database errors; the buffers
+/// are taken only once written, so nothing is lost on a failed attempt.
+async fn flush(inner: &Inner) {
+    let taken: Vec<(Uuid, Pending)> = match inner.jobs.lock() {
+        Ok(mut jobs) => {
+            let ids: Vec<Uuid> = jobs
+                .iter()
+                .filter(|(_, p)| !p.events.is_empty() || !p.closers.is_empty())
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| {
+                    let p = jobs.get_mut(&id)?;
+                    let closing = !p.closers.is_empty();
+                    let taken = Pending {
+                        lease_token: p.lease_token,
+                        events: std::mem::take(&mut p.events),
+                        progress: p.progress.take(),
+                        fenced_out: p.fenced_out.clone(),
+                        closers: std::mem::take(&mut p.closers),
+                    };
+                    if closing {
+                        jobs.remove(&id);
+                    }
+                    Some((id, taken))
+                })
+                .collect()
         }
+        Err(_) => return,
+    };
+    if taken.is_empty() {
+        return;
     }
-}
-
-/// Writes one batch, retrying database errors while the lease may still be ours; `false` means
-/// the fence rejected it.
-async fn write(inner: &Inner, events: &[NewEvent], progress: Option<&Value>) -> bool {
+    let batch: Vec<JobBatch> = taken
+        .iter()
+        .map(|(id, p)| JobBatch {
+            job_id: *id,
+            lease_token: p.lease_token,
+            events: p.events.clone(),
+            progress: p.progress.clone(),
+        })
+        .collect();
     let mut delay = Duration::from_millis(50);
-    for _ in 0..8 {
-        match append(
-            &inner.pool,
-            inner.job_id,
-            inner.lease_token,
-            events,
-            progress,
-        )
-        .await
-        {
-            Ok(Some(_)) => return true,
-            Ok(None) => return false,
+    let written = loop {
+        match append_batch(&inner.pool, &batch).await {
+            Ok(ids) => break ids,
             Err(e) => {
-                tracing::warn!(job_id = %inner.job_id, error = %e, "event write failed; retrying");
+                tracing::warn!(error = %e, jobs = batch.len(), "event write failed; retrying");
+                if inner.stop.is_cancelled() {
+                    break Vec::new();
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
         }
+    };
+    for (id, p) in taken {
+        // Jobs with nothing to write this time keep whatever their earlier writes found.
+        let ours = if p.events.is_empty() {
+            !p.fenced_out.is_cancelled()
+        } else {
+            written.contains(&id)
+        };
+        if !ours {
+            p.fenced_out.cancel();
+        }
+        for closer in p.closers {
+            let _ = closer.send(ours);
+        }
     }
-    false
 }

@@ -32,6 +32,12 @@ impl JobContext {
         self.events.emit(kind, data);
     }
 
+    /// Appends a text delta (`data` with a string `text`); deltas differing only in `text` merge
+    /// within one write window, so a token stream costs a few rows, not one per token.
+    pub fn emit_delta(&self, kind: &str, data: Value) {
+        self.events.emit_delta(kind, data);
+    }
+
     /// Fires when the job is cancelled, times out, loses its lease or the worker shuts down.
     pub fn cancellation(&self) -> &CancellationToken {
         &self.cancel

@@ -108,6 +108,7 @@ impl WorkerRuntime {
         .await?;
         let concurrency = cfg.concurrency.max(1);
         let (finish_tx, finish_rx) = mpsc::channel(concurrency * 2 + 1024);
+        let pool_for_events = pool.clone();
         let shared = Arc::new(Shared {
             claim_pool: crate::db::pool::claim_pool(&pool, 2),
             pool,
@@ -116,6 +117,7 @@ impl WorkerRuntime {
             worker_id,
             inflight: Mutex::new(HashMap::new()),
             finishes: finish_tx,
+            events: crate::events::EventWriter::start(pool_for_events),
         });
         let closing = CancellationToken::new();
         let completer = tokio::spawn(completer::run(
@@ -204,6 +206,7 @@ impl RuntimeHandle {
         }
         self.closing.cancel();
         let _ = (&mut self.completer).await;
+        self.shared.events.stop();
         self.background.cancel();
         for t in self.tasks.drain(..) {
             let _ = t.await;

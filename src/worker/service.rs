@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::backend::Claimed;
 use super::registry::HandlerResult;
 use super::{JobContext, JobError, Registry, WorkerConfig};
-use crate::events::EventSink;
+use crate::events::EventWriter;
 use crate::queue::claim::error_value;
 use crate::queue::model::Outcome;
 use crate::queue::{ClaimedJob, Finish};
@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub worker_id: String,
     pub inflight: Mutex<HashMap<Uuid, InFlight>>,
     pub finishes: mpsc::Sender<Finish>,
+    /// The process's batched, fenced event writer.
+    pub events: EventWriter,
 }
 
 impl Shared {
@@ -107,12 +109,9 @@ async fn run_job(shared: Arc<Shared>, claimed: Claimed) {
     });
     // A write rejected by the fence means another worker owns the job now.
     let fenced_out = CancellationToken::new();
-    let events = EventSink::new(
-        shared.pool.clone(),
-        job.id,
-        job.lease_token,
-        fenced_out.clone(),
-    );
+    let events = shared
+        .events
+        .sink(job.id, job.lease_token, fenced_out.clone());
     let ctx = JobContext {
         id: job.id,
         project_id: job.project_id,
