@@ -10,6 +10,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::auth::Auth;
@@ -285,38 +286,82 @@ pub async fn events(
         return Ok(Json(json!({ "events": events, "next": next })).into_response());
     }
     let stream = async_stream(move |tx| async move {
-        let mut sub = state.hub.subscribe(id);
+        // Follow first, then read the log: whatever commits in between arrives from the pump.
+        let mut rx = match state.hub.follow_stream(id).await {
+            Ok(rx) => rx,
+            Err(e) => {
+                tracing::warn!(error = %e, session = %id, "following session events failed");
+                return;
+            }
+        };
         let mut after = after;
+        if !catch_up(&state, id, &mut after, &tx).await {
+            return;
+        }
         loop {
-            match log::read_stream_after(&state.pool, id, after, 500).await {
-                Ok(events) => {
-                    let full = events.len() == 500;
-                    for e in events {
-                        let data = json!({ "job_id": e.job_id, "seq": e.seq, "data": e.data });
-                        let ev = SseEvent::default()
-                            .id(e.cursor.to_string())
-                            .event(&e.kind)
-                            .data(data.to_string());
-                        if tx.send(Ok::<_, Infallible>(ev)).await.is_err() {
+            let batch = tokio::select! {
+                b = rx.recv() => b,
+                _ = tx.closed() => return,
+            };
+            match batch {
+                Ok(batch) => {
+                    for e in batch.iter() {
+                        if e.cursor <= after {
+                            continue; // already sent while catching up
+                        }
+                        if tx.send(Ok(frame(e))).await.is_err() {
                             return;
                         }
                         after = e.cursor;
                     }
-                    if full {
-                        continue;
+                }
+                // Fell behind the pump: the log has everything, read it by our own cursor.
+                Err(RecvError::Lagged(_)) => {
+                    if !catch_up(&state, id, &mut after, &tx).await {
+                        return;
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, session = %id, "reading session events failed")
-                }
+                Err(RecvError::Closed) => return,
             }
-            if tx.is_closed() {
-                return;
-            }
-            sub.changed(Duration::from_secs(2)).await;
         }
     });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
+}
+
+fn frame(e: &log::StreamEvent) -> SseEvent {
+    let data = json!({ "job_id": e.job_id, "seq": e.seq, "data": e.data });
+    SseEvent::default()
+        .id(e.cursor.to_string())
+        .event(&e.kind)
+        .data(data.to_string())
+}
+
+/// Sends every logged event after `after`, page by page; `false` once the client is gone.
+async fn catch_up(
+    state: &AppState,
+    id: Uuid,
+    after: &mut i64,
+    tx: &tokio::sync::mpsc::Sender<Result<SseEvent, Infallible>>,
+) -> bool {
+    loop {
+        let page = match log::read_stream_after(&state.pool, id, *after, 500).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, session = %id, "reading session events failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        for e in &page {
+            if tx.send(Ok(frame(e))).await.is_err() {
+                return false;
+            }
+            *after = e.cursor;
+        }
+        if page.len() < 500 {
+            return true;
+        }
+    }
 }

@@ -15,6 +15,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::pump::{Batch, Pump};
 use crate::queue::{CANCEL_CHANNEL, EVENTS_CHANNEL, JOBS_CHANNEL};
 
 /// Shared handle to the process's listener.
@@ -30,6 +31,8 @@ struct Inner {
     /// Bumped on every reconnect; readers treat it as "anything may have changed".
     epoch: watch::Sender<u64>,
     stop: CancellationToken,
+    /// Reads followed streams for every open stream reader of this process at once.
+    pump: Pump,
 }
 
 /// A live reader's interest in one job's events. Dropping it unsubscribes.
@@ -69,13 +72,15 @@ impl Hub {
         listener
             .listen_all([JOBS_CHANNEL, CANCEL_CHANNEL, EVENTS_CHANNEL])
             .await?;
+        let stop = CancellationToken::new();
         let hub = Self {
             inner: Arc::new(Inner {
                 jobs: watch::Sender::new(0),
                 cancels: broadcast::Sender::new(1024),
                 topics: Mutex::new(HashMap::new()),
                 epoch: watch::Sender::new(0),
-                stop: CancellationToken::new(),
+                pump: Pump::start(pool.clone(), stop.clone()),
+                stop,
             }),
         };
         tokio::spawn(hub.clone().run(listener));
@@ -109,6 +114,7 @@ impl Hub {
                 let _ = self.inner.cancels.send(ids);
             }
             EVENTS_CHANNEL => {
+                self.inner.pump.mark(parse_ids(payload));
                 if let Ok(topics) = self.inner.topics.lock() {
                     for id in parse_ids(payload) {
                         if let Some(tx) = topics.get(&id) {
@@ -122,6 +128,7 @@ impl Hub {
     }
 
     fn wake_all(&self) {
+        self.inner.pump.mark_all();
         self.inner.jobs.send_modify(|v| *v += 1);
         self.inner.epoch.send_modify(|v| *v += 1);
     }
@@ -142,6 +149,14 @@ impl Hub {
             rx,
             epoch: self.inner.epoch.subscribe(),
         }
+    }
+
+    /// Follows a stream (a chat session) through the process's pump; see [`Pump::follow`].
+    pub async fn follow_stream(
+        &self,
+        stream_id: Uuid,
+    ) -> Result<broadcast::Receiver<Batch>, sqlx::Error> {
+        self.inner.pump.follow(stream_id).await
     }
 
     /// Wakes when jobs may be ready to claim.

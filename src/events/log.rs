@@ -187,3 +187,49 @@ pub async fn read_stream_after(
     .fetch_all(pool)
     .await
 }
+
+/// The newest cursor of a stream (0 when it has no events yet). Committed events only.
+pub async fn stream_head(pool: &PgPool, stream_id: Uuid) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT coalesce((SELECT last_seq FROM event_streams WHERE id = $1), 0) AS "head!""#,
+        stream_id
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// New events of many streams at once, each after its own cursor, ordered by stream then cursor.
+pub async fn read_streams_after(
+    pool: &PgPool,
+    streams: &[(Uuid, i64)],
+    limit: i64,
+) -> Result<Vec<(Uuid, StreamEvent)>, sqlx::Error> {
+    let (ids, cursors): (Vec<Uuid>, Vec<i64>) = streams.iter().copied().unzip();
+    let rows = sqlx::query!(
+        r#"SELECT e.stream_id AS "stream_id!", e.stream_seq AS "cursor!", e.job_id, e.seq, e.kind,
+                  e.data, e.at
+           FROM unnest($1::uuid[], $2::bigint[]) AS s(id, cursor)
+           JOIN job_events e ON e.stream_id = s.id AND e.stream_seq > s.cursor
+           ORDER BY e.stream_id, e.stream_seq
+           LIMIT $3"#,
+        &ids,
+        &cursors,
+        limit
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let event = StreamEvent {
+                cursor: r.cursor,
+                job_id: r.job_id,
+                seq: r.seq,
+                kind: r.kind,
+                data: r.data,
+                at: r.at,
+            };
+            (r.stream_id, event)
+        })
+        .collect())
+}

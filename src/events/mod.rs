@@ -6,6 +6,7 @@
 
 pub mod hub;
 pub mod log;
+pub mod pump;
 pub mod writer;
 
 pub use hub::Hub;
