@@ -112,16 +112,31 @@ pub async fn append_batch(pool: &PgPool, batch: &[JobBatch]) -> Result<Vec<Uuid>
             FROM input i
             WHERE j.id = i.job_id AND j.lease_token = i.token
             RETURNING j.id, j.last_seq, i.n, j.stream_id
-        ), ins AS (
-            INSERT INTO job_events (job_id, seq, kind, data, at, stream_id)
-            SELECT e.job_id, b.last_seq - b.n + e.ord, e.kind, e.data, e.at, b.stream_id
+        ), per_stream AS (
+            SELECT stream_id, sum(n) AS n FROM bump WHERE stream_id IS NOT NULL GROUP BY stream_id
+        ), streams AS (
+            -- One grouped bump per stream instead of a trigger call per row; the row lock keeps
+            -- stream order equal to commit order.
+            UPDATE event_streams s SET last_seq = s.last_seq + p.n
+            FROM per_stream p WHERE s.id = p.stream_id
+            RETURNING s.id, s.last_seq - p.n AS base
+        ), rows AS (
+            SELECT e.job_id, b.last_seq - b.n + e.ord AS seq, e.kind, e.data, e.at, b.stream_id,
+                   st.base + row_number() OVER (PARTITION BY b.stream_id ORDER BY e.job_id, e.ord)
+                       AS stream_seq
             FROM unnest($5::uuid[], $6::bigint[], $7::text[], $8::jsonb[], $9::timestamptz[])
                 AS e(job_id, ord, kind, data, at)
             JOIN bump b ON b.id = e.job_id
-            ORDER BY e.job_id, e.ord
+            LEFT JOIN streams st ON st.id = b.stream_id
+        ), ins AS (
+            INSERT INTO job_events (job_id, seq, kind, data, at, stream_id, stream_seq)
+            SELECT job_id, seq, kind, data, at, stream_id, stream_seq FROM rows
+            ORDER BY job_id, seq
         ), wake AS (
             SELECT pg_notify('spool_events', string_agg(id::text, ','))
-            FROM (SELECT id, (row_number() OVER ()) / 150 AS chunk FROM bump) x GROUP BY chunk
+            FROM (SELECT id, (row_number() OVER ()) / 150 AS chunk
+                  FROM (SELECT id FROM bump UNION SELECT stream_id FROM per_stream) ids) x
+            GROUP BY chunk
         )
         SELECT id AS "id!" FROM bump WHERE (SELECT count(*) FROM wake) >= 0
         "#,

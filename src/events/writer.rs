@@ -184,16 +184,19 @@ fn mergeable(a: &Value, b: &Value) -> bool {
 }
 
 async fn flush_loop(inner: Arc<Inner>) {
+    let mut last_start = tokio::time::Instant::now() - COALESCE;
     loop {
         tokio::select! {
             _ = inner.stop.cancelled() => return,
             _ = inner.wake.notified() => {}
         }
-        // Let a window's worth of events gather, unless a closing job is waiting.
+        // Windows run start to start: a slow write shortens the next wait instead of adding to it,
+        // and a closing job's flush does not wait at all.
         tokio::select! {
-            _ = tokio::time::sleep(COALESCE) => {}
+            _ = tokio::time::sleep_until(last_start + COALESCE) => {}
             _ = inner.urgent.notified() => {}
         }
+        last_start = tokio::time::Instant::now();
         flush(&inner).await;
     }
 }
@@ -241,9 +244,17 @@ async fn flush(inner: &Inner) {
         })
         .collect();
     let mut delay = Duration::from_millis(50);
+    let started = std::time::Instant::now();
     let written = loop {
         match append_batch(&inner.pool, &batch).await {
-            Ok(ids) => break ids,
+            Ok(ids) => {
+                tracing::debug!(
+                    jobs = batch.len(),
+                    ms = started.elapsed().as_secs_f64() * 1e3,
+                    "events written"
+                );
+                break ids;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, jobs = batch.len(), "event write failed; retrying");
                 if inner.stop.is_cancelled() {
