@@ -64,6 +64,7 @@ pub fn builtin_registry(pool: &PgPool, s: &Settings) -> anyhow::Result<Registry>
         allow_private: s.http_allow_private,
         max_rounds: 8,
         step_retries: 2,
+        saver: crate::agent::saver::PartialSaver::start(pool.clone()),
         compaction: crate::agent::compaction::Policy {
             share: s.compaction_share,
             ..Default::default()

@@ -271,6 +271,19 @@ async fn turns_queue_fifo_and_abort_keeps_partial_text_then_runs_the_next() {
     })
     .await;
     assert!(streaming.is_some(), "turn 1 never streamed");
+    // The reply so far is saved while it streams, so a page loaded now shows it.
+    let saved = eventually(Duration::from_secs(5), || async {
+        let msgs = messages(&s, session).await;
+        msgs.iter()
+            .find(|m| m["role"] == "assistant" && m["status"] == "streaming")
+            .and_then(|m| m["content"]["text"].as_str().map(str::to_owned))
+            .filter(|t| t.starts_with("w0 w1"))
+    })
+    .await;
+    assert!(
+        saved.is_some(),
+        "the streaming reply was not saved while it streamed"
+    );
     let (st, ab) = s
         .post(&format!("/api/v1/sessions/{session}/abort"), json!({}))
         .await;

@@ -6,6 +6,7 @@
 
 pub mod compaction;
 pub mod history;
+pub mod saver;
 pub mod sessions;
 pub mod store;
 pub mod title;

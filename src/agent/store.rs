@@ -311,3 +311,34 @@ pub async fn user_message_of(pool: &PgPool, turn_id: Uuid) -> Result<Option<Uuid
     .fetch_optional(pool)
     .await
 }
+
+/// One streaming reply's latest text, for [`save_partials`].
+#[derive(Debug, Clone)]
+pub struct Partial {
+    pub message_id: Uuid,
+    pub fence: Fence,
+    pub content: Value,
+}
+
+/// Saves many streaming replies' text in one statement. Only rows still `streaming` change, so a
+/// late save never overwrites a finished or cancelled reply, nor brings back a discarded one; each
+/// row is fenced by its turn's lease.
+pub async fn save_partials(pool: &PgPool, partials: &[Partial]) -> Result<u64, sqlx::Error> {
+    let ids: Vec<Uuid> = partials.iter().map(|p| p.message_id).collect();
+    let jobs: Vec<Uuid> = partials.iter().map(|p| p.fence.0).collect();
+    let tokens: Vec<Uuid> = partials.iter().map(|p| p.fence.1).collect();
+    let contents: Vec<Value> = partials.iter().map(|p| p.content.clone()).collect();
+    let r = sqlx::query!(
+        "UPDATE messages m SET content = u.content, updated_at = now()
+         FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::jsonb[]) AS u(id, job_id, token, content)
+         JOIN jobs j ON j.id = u.job_id AND j.lease_token = u.token
+         WHERE m.id = u.id AND m.status = 'streaming'",
+        &ids,
+        &jobs,
+        &tokens,
+        &contents
+    )
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}

@@ -2,19 +2,19 @@
 //! tools it calls, and checkpoint every step under the lease fence, so a retried turn resumes
 //! from its last checkpoint and never runs a finished tool call again.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::compaction::{self, Policy};
+use super::saver::{Buffer, PartialSaver};
 use super::sessions::TURN_KIND;
-use super::store::{self, Fence};
+use super::store;
 use super::{history, title};
 use crate::llm::config::{ModelConfig, Models};
 use crate::llm::{
@@ -22,9 +22,6 @@ use crate::llm::{
 };
 use crate::tools::{self, ToolContext, Workspace};
 use crate::worker::{JobContext, JobError, Registry};
-
-/// How often a streaming reply's text is saved to its message.
-const PERSIST_EVERY: Duration = Duration::from_millis(250);
 
 /// What turns need from the process.
 pub struct AgentDeps {
@@ -40,6 +37,8 @@ pub struct AgentDeps {
     /// Retries of one model call after a retryable failure, before the job attempt fails.
     pub step_retries: u32,
     pub compaction: Policy,
+    /// Saves every streaming reply's text about every 250 ms, in one statement.
+    pub saver: PartialSaver,
 }
 
 /// Adds the `agent.turn` kind to `registry`.
@@ -209,14 +208,6 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
     Ok(json!({ "session_id": session_id, "usage": total, "cost_usd": cost, "rounds": rounds }))
 }
 
-/// Text and reasoning received so far, shared with the saver.
-#[derive(Default)]
-struct Partial {
-    text: String,
-    reasoning: String,
-    saved_len: usize,
-}
-
 /// One model call, streamed and checkpointed; retried on retryable failures.
 async fn step(
     deps: &AgentDeps,
@@ -247,16 +238,8 @@ async fn step(
             return Err(lost());
         }
         ctx.emit("message_started", json!({ "message_id": message_id, "round": round, "model": model.name, "retry": retries }));
-        let partial = Arc::new(Mutex::new(Partial::default()));
-        let stop_saver = CancellationToken::new();
-        let saver = tokio::spawn(save_partial(
-            deps.pool.clone(),
-            fence,
-            session_id,
-            message_id,
-            Arc::clone(&partial),
-            stop_saver.clone(),
-        ));
+        let partial: Buffer = Arc::default();
+        deps.saver.track(message_id, fence, Arc::clone(&partial));
         let started = Instant::now();
         let mut on_event = |ev: StreamEvent| {
             match ev {
@@ -275,8 +258,9 @@ async fn step(
             .llm
             .stream(model, req, ctx.cancellation(), &mut on_event)
             .await;
-        stop_saver.cancel();
-        let _ = saver.await;
+        // Only rows still `streaming` take partial saves, so the final write below cannot be
+        // overtaken by a late one.
+        deps.saver.forget(message_id);
         let (text, reasoning) = partial
             .lock()
             .map(|p| (p.text.clone(), p.reasoning.clone()))
@@ -373,46 +357,6 @@ async fn step(
                 );
                 return Err(JobError::fail(format!("model call failed: {message}")));
             }
-        }
-    }
-}
-
-/// Saves the streaming text every [`PERSIST_EVERY`] while it grows; awaited (not aborted) so no
-/// stale write lands after the final one.
-async fn save_partial(
-    pool: PgPool,
-    fence: Fence,
-    session_id: Uuid,
-    message_id: Uuid,
-    partial: Arc<Mutex<Partial>>,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(PERSIST_EVERY) => {}
-        }
-        let snapshot = partial.lock().ok().and_then(|mut p| {
-            let len = p.text.len() + p.reasoning.len();
-            (len != p.saved_len).then(|| {
-                p.saved_len = len;
-                json!({ "text": p.text, "reasoning": p.reasoning })
-            })
-        });
-        if let Some(content) = snapshot
-            && let Err(e) = store::upsert_assistant(
-                &pool,
-                fence,
-                session_id,
-                message_id,
-                &content,
-                "streaming",
-                None,
-                None,
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "saving partial reply failed");
         }
     }
 }
