@@ -73,3 +73,19 @@ pub fn check_destination(ip: IpAddr, policy: NetPolicy) -> Result<(), &'static s
         AddrClass::Forbidden => Err("an unspecified, multicast, broadcast or reserved address"),
     }
 }
+
+/// A `Retry-After` value (delta-seconds or an HTTP-date) as a wait, capped at `cap`.
+pub fn parse_retry_after(
+    v: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    cap: std::time::Duration,
+) -> Option<std::time::Duration> {
+    let v = v.trim();
+    let d = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        std::time::Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX))
+    } else {
+        let at = chrono::DateTime::parse_from_rfc2822(v).ok()?.to_utc();
+        (at - now).to_std().unwrap_or(std::time::Duration::ZERO)
+    };
+    Some(d.min(cap))
+}

@@ -305,16 +305,9 @@ fn body_text(buf: &[u8], truncated: bool) -> String {
     String::from_utf8_lossy(buf.get(..end).unwrap_or(buf)).into_owned()
 }
 
-/// `Retry-After` as delta-seconds or an HTTP-date (IMF-fixdate), capped at one hour.
+/// `Retry-After` as a wait, capped at [`MAX_RETRY_AFTER`].
 fn parse_retry_after(v: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
-    let v = v.trim();
-    let d = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-        Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX))
-    } else {
-        let at = chrono::DateTime::parse_from_rfc2822(v).ok()?.to_utc();
-        (at - now).to_std().unwrap_or(Duration::ZERO)
-    };
-    Some(d.min(MAX_RETRY_AFTER))
+    crate::net::parse_retry_after(v, now, MAX_RETRY_AFTER)
 }
 
 #[cfg(test)]

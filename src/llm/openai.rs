@@ -206,16 +206,9 @@ pub(super) async fn status_error(
     }
 }
 
-/// `Retry-After` as delta-seconds or an HTTP-date, capped at five minutes.
+/// `Retry-After` as a wait, capped at [`MAX_RETRY_AFTER`].
 pub fn parse_retry_after(v: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
-    let v = v.trim();
-    let d = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-        Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX))
-    } else {
-        let at = chrono::DateTime::parse_from_rfc2822(v).ok()?.to_utc();
-        (at - now).to_std().unwrap_or(Duration::ZERO)
-    };
-    Some(d.min(MAX_RETRY_AFTER))
+    crate::net::parse_retry_after(v, now, MAX_RETRY_AFTER)
 }
 
 /// Builds the completion from stream chunks, reporting deltas as they come.
