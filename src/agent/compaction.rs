@@ -5,9 +5,15 @@
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::store::Message;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::history;
+use super::store::{self, Message};
+use super::turn::{AgentDeps, db, lost};
 use crate::llm::config::ModelConfig;
 use crate::llm::{ChatMessage, ChatRequest, LlmClient, LlmError, Role, Usage};
+use crate::worker::{JobContext, JobError};
 
 /// When to compact.
 #[derive(Debug, Clone, Copy)]
@@ -93,4 +99,57 @@ fn system(text: &str) -> ChatMessage {
         tool_calls: vec![],
         tool_call_id: None,
     }
+}
+
+/// Summarises every earlier turn still sent in full; on success moves the boundary (fenced), on
+/// failure keeps the full history and reports why.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn compact(
+    deps: &AgentDeps,
+    ctx: &JobContext,
+    model: &ModelConfig,
+    session_id: Uuid,
+    visible: &[store::Message],
+    summary: &mut Option<String>,
+    upto: &mut Option<Uuid>,
+    total: &mut Usage,
+) -> Result<(), JobError> {
+    let earlier: Vec<store::Message> = visible
+        .iter()
+        .filter(|m| m.turn_id < ctx.id)
+        .cloned()
+        .collect();
+    let Some(last_turn) = earlier.last().map(|m| m.turn_id) else {
+        return Ok(());
+    };
+    ctx.emit("compaction_started", json!({ "messages": earlier.len() }));
+    let history = history::build(None, None, &earlier);
+    match summarise(
+        &deps.llm,
+        model,
+        ctx.cancellation(),
+        summary.as_deref(),
+        history,
+    )
+    .await
+    {
+        Ok((text, usage)) => {
+            total.add(&usage);
+            if !store::set_summary(&deps.pool, ctx.fence(), session_id, &text, last_turn)
+                .await
+                .map_err(db)?
+            {
+                return Err(lost());
+            }
+            ctx.emit("compaction_completed", json!({ "ok": true, "upto_turn": last_turn, "summary_chars": text.len(), "usage": usage }));
+            *summary = Some(text);
+            *upto = Some(last_turn);
+        }
+        Err(LlmError::Cancelled) => return Err(JobError::Cancelled),
+        Err(e) => ctx.emit(
+            "compaction_completed",
+            json!({ "ok": false, "error": e.to_string() }),
+        ),
+    }
+    Ok(())
 }

@@ -68,7 +68,7 @@ pub(super) async fn load_session(
         .ok_or_else(|| JobError::fail("the session no longer exists"))
 }
 
-fn lost() -> JobError {
+pub(super) fn lost() -> JobError {
     JobError::retry("lease lost while writing the transcript")
 }
 
@@ -141,7 +141,7 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
             .filter(|m| m.turn_id <= ctx.id && upto.is_none_or(|u| m.turn_id > u))
             .collect();
         if deps.compaction.due(&visible, model.context_window) {
-            compact(
+            compaction::compact(
                 &deps,
                 &ctx,
                 &model,
@@ -391,59 +391,6 @@ async fn run_tools(
     }
     if ctx.is_cancelled() {
         return Err(JobError::Cancelled);
-    }
-    Ok(())
-}
-
-/// Summarises every earlier turn still sent in full; on success moves the boundary (fenced), on
-/// failure keeps the full history and reports why.
-#[allow(clippy::too_many_arguments)]
-async fn compact(
-    deps: &AgentDeps,
-    ctx: &JobContext,
-    model: &ModelConfig,
-    session_id: Uuid,
-    visible: &[store::Message],
-    summary: &mut Option<String>,
-    upto: &mut Option<Uuid>,
-    total: &mut Usage,
-) -> Result<(), JobError> {
-    let earlier: Vec<store::Message> = visible
-        .iter()
-        .filter(|m| m.turn_id < ctx.id)
-        .cloned()
-        .collect();
-    let Some(last_turn) = earlier.last().map(|m| m.turn_id) else {
-        return Ok(());
-    };
-    ctx.emit("compaction_started", json!({ "messages": earlier.len() }));
-    let history = history::build(None, None, &earlier);
-    match compaction::summarise(
-        &deps.llm,
-        model,
-        ctx.cancellation(),
-        summary.as_deref(),
-        history,
-    )
-    .await
-    {
-        Ok((text, usage)) => {
-            total.add(&usage);
-            if !store::set_summary(&deps.pool, ctx.fence(), session_id, &text, last_turn)
-                .await
-                .map_err(db)?
-            {
-                return Err(lost());
-            }
-            ctx.emit("compaction_completed", json!({ "ok": true, "upto_turn": last_turn, "summary_chars": text.len(), "usage": usage }));
-            *summary = Some(text);
-            *upto = Some(last_turn);
-        }
-        Err(LlmError::Cancelled) => return Err(JobError::Cancelled),
-        Err(e) => ctx.emit(
-            "compaction_completed",
-            json!({ "ok": false, "error": e.to_string() }),
-        ),
     }
     Ok(())
 }
