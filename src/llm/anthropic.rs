@@ -36,26 +36,16 @@ pub(crate) async fn stream(
         .post(url)
         .header("anthropic-version", API_VERSION)
         .json(&request_body(model, req));
-    match (model.api_key(), &model.api_key_env) {
-        (Some(key), _) => {
-            let mut value = HeaderValue::from_str(&key).map_err(|_| {
-                LlmError::Fatal(format!(
-                    "model {:?}: the API key is not a valid header value",
-                    model.name
-                ))
-            })?;
-            // Keeps the key out of any debug output of the request.
-            value.set_sensitive(true);
-            builder = builder.header("x-api-key", value);
-        }
-        // A configured but missing key would only earn a 401; say what is actually wrong.
-        (None, Some(var)) => {
-            return Err(LlmError::Fatal(format!(
-                "model {:?}: the API key variable {var} is not set",
+    if let Some(key) = super::api_key(model)? {
+        let mut value = HeaderValue::from_str(&key).map_err(|_| {
+            LlmError::Fatal(format!(
+                "model {:?}: the API key is not a valid header value",
                 model.name
-            )));
-        }
-        (None, None) => {}
+            ))
+        })?;
+        // Keeps the key out of any debug output of the request.
+        value.set_sensitive(true);
+        builder = builder.header("x-api-key", value);
     }
     let resp = guarded(cancel, idle, "no response", builder.send())
         .await?

@@ -54,3 +54,16 @@ impl LlmClient {
         }
     }
 }
+
+/// The model's API key, if it has one. A key variable that is configured but unset is an error
+/// that names it: sending without the key would only earn a less helpful 401.
+fn api_key(model: &ModelConfig) -> Result<Option<String>, LlmError> {
+    match (model.api_key(), &model.api_key_env) {
+        (Some(key), _) => Ok(Some(key)),
+        (None, Some(var)) => Err(LlmError::Fatal(format!(
+            "model {:?}: the API key variable {var} is not set",
+            model.name
+        ))),
+        (None, None) => Ok(None),
+    }
+}

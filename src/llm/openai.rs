@@ -34,16 +34,8 @@ pub(crate) async fn stream(
     let base = model.base_url.as_deref().unwrap_or(OPENAI_BASE_URL);
     let url = format!("{}/chat/completions", base.trim_end_matches('/'));
     let mut builder = http.post(url).json(&request_body(model, req));
-    match (model.api_key(), &model.api_key_env) {
-        (Some(key), _) => builder = builder.bearer_auth(key),
-        // A configured but missing key would only earn a 401; say what is actually wrong.
-        (None, Some(var)) => {
-            return Err(LlmError::Fatal(format!(
-                "model {:?}: the API key variable {var} is not set",
-                model.name
-            )));
-        }
-        (None, None) => {}
+    if let Some(key) = super::api_key(model)? {
+        builder = builder.bearer_auth(key);
     }
     let resp = guarded(cancel, idle, "no response", builder.send())
         .await?
