@@ -342,20 +342,22 @@ async fn a_lapsed_lease_is_rescued_and_the_stale_worker_changes_nothing() {
     .await
     .expect("finish");
     assert!(applied.is_empty(), "a stale finish was applied");
-    let appended = spool::events::log::append(
+    let appended = spool::events::log::append_batch(
         &e.svc.pool,
-        id,
-        stale.lease_token,
-        &[spool::events::NewEvent {
-            kind: "log".into(),
-            data: json!("stale"),
-            at: chrono::Utc::now(),
+        &[spool::events::log::JobBatch {
+            job_id: id,
+            lease_token: stale.lease_token,
+            events: vec![spool::events::NewEvent {
+                kind: "log".into(),
+                data: json!("stale"),
+                at: chrono::Utc::now(),
+            }],
+            progress: None,
         }],
-        None,
     )
     .await
     .expect("append");
-    assert!(appended.is_none(), "a stale event was written");
+    assert!(appended.is_empty(), "a stale event was written");
     let (state, attempt, result): (String, i32, Value) =
         sqlx::query_as("SELECT state::text, attempt, result FROM jobs WHERE id = $1")
             .bind(id)

@@ -30,8 +30,8 @@ const BACKSTOP: Duration = Duration::from_secs(2);
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
-    after: Option<String>,
-    limit: Option<String>,
+    pub(super) after: Option<String>,
+    pub(super) limit: Option<String>,
 }
 
 fn parse_cursor(raw: &str, field: &str) -> Result<i64, ApiError> {

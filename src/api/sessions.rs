@@ -14,7 +14,7 @@ use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::auth::Auth;
-use super::events::{async_stream, cursor_from, wants_json};
+use super::events::{EventsQuery, async_stream, cursor_from, wants_json};
 use super::input::{self, ValidQuery, bounded};
 use super::{ApiError, AppState};
 use crate::agent::sessions::{self, Multitask, SessionError};
@@ -258,14 +258,6 @@ pub async fn abort(
     auth.require(Scope::Write)?;
     let stopped = sessions::abort(&state.pool, auth.0.project_id, session_id(&id)?).await?;
     Ok(Json(json!({ "aborted_turn": stopped })))
-}
-
-/// Query of the session events endpoint.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventsQuery {
-    after: Option<String>,
-    limit: Option<String>,
 }
 
 /// `GET /api/v1/sessions/{id}/events`: every turn's events in one ordered, resumable stream.

@@ -23,47 +23,6 @@ pub struct NewEvent {
     pub at: DateTime<Utc>,
 }
 
-/// Appends `events` to a running job's log under its lease, in one statement that also allocates
-/// their `seq`s from the job row (so seq order is commit order) and updates `progress` when given.
-/// Returns `None` when the lease is no longer ours: nothing was written.
-pub async fn append(
-    pool: &PgPool,
-    job_id: Uuid,
-    lease_token: Uuid,
-    events: &[NewEvent],
-    progress: Option<&Value>,
-) -> Result<Option<i64>, sqlx::Error> {
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-    let datas: Vec<&Value> = events.iter().map(|e| &e.data).collect();
-    let ats: Vec<DateTime<Utc>> = events.iter().map(|e| e.at).collect();
-    sqlx::query_scalar!(
-        r#"
-        WITH bump AS (
-            UPDATE jobs SET last_seq = last_seq + $3, progress = coalesce($4, progress)
-            WHERE id = $1 AND lease_token = $2
-            RETURNING last_seq, stream_id
-        ), ins AS (
-            INSERT INTO job_events (job_id, seq, kind, data, at, stream_id)
-            SELECT $1, b.last_seq - $3 + e.ord, e.kind, e.data, e.at, b.stream_id
-            FROM bump b, unnest($5::text[], $6::jsonb[], $7::timestamptz[]) WITH ORDINALITY
-                AS e(kind, data, at, ord)
-            ORDER BY e.ord
-        )
-        SELECT b.last_seq AS "last_seq!" FROM bump b,
-            LATERAL (SELECT pg_notify('spool_events', $1::text)) n
-        "#,
-        job_id,
-        lease_token,
-        events.len() as i64,
-        progress,
-        &kinds as &[&str],
-        &datas as &[&Value],
-        &ats,
-    )
-    .fetch_optional(pool)
-    .await
-}
-
 /// One job's share of a batched append: its fence, its events and its latest progress.
 #[derive(Debug, Clone)]
 pub struct JobBatch {

@@ -1,5 +1,5 @@
 //! The coalescing writer behind handlers' `progress` and `emit`. One writer per process gathers
-//! the events of every running job and writes them together, about every 50 ms, in one statement
+//! the events of every running job and writes them together, once per 40 ms window, in one statement
 //! fenced per job by its lease: at most one write per job per window, and one statement per window
 //! however many jobs run. A job's final flush happens before its state changes.
 
