@@ -17,6 +17,7 @@ use crate::db::pool;
 use crate::events::Hub;
 use crate::kinds::{self, BuiltinDeps, http::NetPolicy};
 use crate::llm::LlmClient;
+use crate::web;
 use crate::worker::Registry;
 
 /// A connected, migrated database with the process's listener.
@@ -92,7 +93,7 @@ pub fn api_state(svc: &Services, registry: Registry, s: &Settings) -> AppState {
     }
 }
 
-/// Binds `listen` and serves the API until `shutdown` resolves. Returns the bound address through
+/// Binds `listen` and serves the API and the pages until `shutdown` resolves. Returns the bound address through
 /// `bound` before serving, so callers that asked for port 0 learn the port.
 pub async fn serve(
     state: AppState,
@@ -104,7 +105,12 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding {listen}"))?;
     bound(listener.local_addr()?);
-    let app = api::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
+    let keys = web::Keys::load(&state.pool)
+        .await
+        .context("loading the web cookie key")?;
+    let app = api::router(state.clone())
+        .merge(web::router(state, keys))
+        .layer(tower_http::trace::TraceLayer::new_for_http());
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

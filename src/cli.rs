@@ -257,6 +257,17 @@ async fn dev(s: Settings) -> anyhow::Result<()> {
     let (url, mut pg) = database(&s).await?;
     let svc = app::connect(&url, s.db_pool).await?;
     let token = admin_token(&svc, &s.data_dir).await?;
+    let link_code = match tokens::verify(&svc.pool, &token).await? {
+        Some(p) => Some(
+            projects::signin::issue_code(
+                &svc.pool,
+                p.token_id,
+                chrono::Utc::now() + chrono::TimeDelta::minutes(30),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let registry = app::builtin_registry(&svc.pool, &s)?;
     let runtime = WorkerRuntime::start(
         svc.pool.clone(),
@@ -273,6 +284,9 @@ async fn dev(s: Settings) -> anyhow::Result<()> {
         s.listen,
         |addr| {
             println!("spool dev listening on http://{addr}");
+            if let Some(code) = &link_code {
+                println!("sign in (one-time link, 30 min): http://{addr}/login/{code}");
+            }
             println!("admin token (project `default`): {token}");
             println!("  saved in {}", s.data_dir.join("admin-token").display());
         },

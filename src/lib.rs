@@ -16,6 +16,7 @@ pub mod net;
 pub mod projects;
 pub mod queue;
 pub mod tools;
+pub mod web;
 pub mod worker;
 
 pub use queue::{Enqueued, Job, JobState, NewJob, enqueue};

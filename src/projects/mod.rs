@@ -1,6 +1,7 @@
 //! Tenants and their credentials: projects, API tokens (stored hashed) and the per-project signing
 //! secret. Every other domain scopes its queries by the project id this module resolves.
 
+pub mod signin;
 pub mod tokens;
 
 use sqlx::PgPool;
