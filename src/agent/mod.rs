@@ -10,4 +10,5 @@ pub mod saver;
 pub mod sessions;
 pub mod store;
 pub mod title;
+pub mod transcript;
 pub mod turn;

@@ -151,14 +151,17 @@ pub async fn set_title_if_empty(
 /// The whole transcript, in order: turn by turn (turn ids are time-ordered job ids), and within a
 /// turn the user's message, then each step's reply and tool results. Queued turns' user messages
 /// are stored when sent, so they come after the running turn's replies, not among them.
-pub async fn messages(pool: &PgPool, session_id: Uuid) -> Result<Vec<Message>, sqlx::Error> {
+pub async fn messages(
+    db: impl sqlx::PgExecutor<'_>,
+    session_id: Uuid,
+) -> Result<Vec<Message>, sqlx::Error> {
     sqlx::query_as!(
         Message,
         "SELECT id, session_id, turn_id, role, content, status, tool_call_id, usage, model, created_at
          FROM messages WHERE session_id = $1 ORDER BY turn_id, id",
         session_id
     )
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
@@ -341,4 +344,56 @@ pub async fn save_partials(pool: &PgPool, partials: &[Partial]) -> Result<u64, s
     .execute(pool)
     .await?;
     Ok(r.rows_affected())
+}
+
+/// A turn's job, as a transcript shows it.
+#[derive(Debug, Clone)]
+pub struct TurnJob {
+    pub id: Uuid,
+    pub state: crate::queue::JobState,
+    pub error: Option<Value>,
+    pub attempt: i32,
+}
+
+/// The jobs of these turns in `project_id`.
+pub async fn turn_jobs(
+    db: impl sqlx::PgExecutor<'_>,
+    project_id: Uuid,
+    ids: &[Uuid],
+) -> Result<Vec<TurnJob>, sqlx::Error> {
+    sqlx::query_as!(
+        TurnJob,
+        r#"SELECT id, state AS "state: crate::queue::JobState", error, attempt FROM jobs
+           WHERE id = ANY($1) AND project_id = $2"#,
+        ids,
+        project_id
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// One turn's messages, in order.
+pub async fn turn_messages(
+    db: impl sqlx::PgExecutor<'_>,
+    session_id: Uuid,
+    turn_id: Uuid,
+) -> Result<Vec<Message>, sqlx::Error> {
+    sqlx::query_as!(
+        Message,
+        "SELECT id, session_id, turn_id, role, content, status, tool_call_id, usage, model, created_at
+         FROM messages WHERE session_id = $1 AND turn_id = $2 ORDER BY id",
+        session_id,
+        turn_id
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Makes the caller's transaction one read-only snapshot, so what it reads agrees with the
+/// stream head it reads.
+pub async fn snapshot_isolation(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(conn)
+        .await?;
+    Ok(())
 }

@@ -115,7 +115,7 @@ pub async fn append_batch(pool: &PgPool, batch: &[JobBatch]) -> Result<Vec<Uuid>
 
 /// Up to `limit` events of `job_id` with `seq > after`, in order. Callers check project access.
 pub async fn read_after(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     job_id: Uuid,
     after: i64,
     limit: i64,
@@ -128,7 +128,7 @@ pub async fn read_after(
         after,
         limit
     )
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
@@ -163,12 +163,15 @@ pub async fn read_stream_after(
 }
 
 /// The newest cursor of a stream (0 when it has no events yet). Committed events only.
-pub async fn stream_head(pool: &PgPool, stream_id: Uuid) -> Result<i64, sqlx::Error> {
+pub async fn stream_head(
+    db: impl sqlx::PgExecutor<'_>,
+    stream_id: Uuid,
+) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar!(
         r#"SELECT coalesce((SELECT last_seq FROM event_streams WHERE id = $1), 0) AS "head!""#,
         stream_id
     )
-    .fetch_one(pool)
+    .fetch_one(db)
     .await
 }
 

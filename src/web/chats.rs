@@ -1,15 +1,411 @@
-//! The chat list and the chat page: send, abort, cancel a queued turn.
+//! The chat list and the chat page: start a chat, send a turn (Enter sends), abort the running
+//! turn, cancel a queued one, and follow every turn live. A page is rendered from one snapshot of
+//! the session and then fed the events after that snapshot's cursor (see `chat_live`), so a
+//! reload mid-stream shows everything so far and keeps streaming without repeating a token.
 
-use axum::Router;
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use serde::Deserialize;
+use serde_json::Value;
+use uuid::Uuid;
 
-use super::WebState;
+use super::auth::User;
+use super::chat_live::{ChatFeed, ControlsTpl, TurnTpl, phases};
+use super::chat_view::{self, Phase};
+use super::view::{self, Layout};
+use super::{WebError, WebState, live};
+use crate::agent::sessions::{self, Multitask, SessionError};
+use crate::agent::{store, transcript};
+use crate::queue::control;
+
+/// Largest message accepted from the composer, in bytes.
+const MAX_INPUT: usize = 256 * 1024;
 
 /// Read-only routes.
 pub fn pages() -> Router<WebState> {
     Router::new()
+        .route("/chats", get(list))
+        .route("/chats/{id}", get(page))
+        .route("/chats/{id}/live", get(live_feed))
 }
 
 /// State-changing routes (behind the CSRF check).
 pub fn actions() -> Router<WebState> {
     Router::new()
+        .route("/chats", post(create))
+        .route("/chats/{id}/turns", post(send))
+        .route("/chats/{id}/abort", post(abort))
+        .route("/chats/{id}/turns/{turn}/cancel", post(cancel_turn))
+}
+
+fn chat_id(raw: &str) -> Result<Uuid, WebError> {
+    Uuid::parse_str(raw).map_err(|_| WebError::NotFound("chat"))
+}
+
+fn is_htmx(headers: &HeaderMap) -> bool {
+    headers.contains_key("hx-request")
+}
+
+/// Model names with the one to preselect.
+fn model_choices(state: &WebState, selected: &str) -> Vec<(String, bool)> {
+    let names = state.app.agent.models.names();
+    names
+        .into_iter()
+        .map(|n| {
+            let sel = n == selected;
+            (n, sel)
+        })
+        .collect()
+}
+
+/// One row of the chat list.
+struct SessionRow {
+    id: Uuid,
+    title: String,
+    model: String,
+    created: String,
+    created_full: String,
+    updated: String,
+}
+
+#[derive(Template)]
+#[template(path = "chats.html")]
+struct ChatsPage {
+    layout: Layout,
+    sessions: Vec<SessionRow>,
+    models: Vec<(String, bool)>,
+    next: Option<Uuid>,
+    error: Option<String>,
+}
+
+/// Query of the chat list.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    before: Option<String>,
+}
+
+const PER_PAGE: i64 = 50;
+
+async fn list_page(
+    state: &WebState,
+    user: &User,
+    before: Option<Uuid>,
+    error: Option<String>,
+) -> Result<ChatsPage, WebError> {
+    let mut rows = store::sessions(&state.app.pool, user.project(), before, PER_PAGE + 1).await?;
+    let next = (rows.len() as i64 > PER_PAGE).then(|| {
+        rows.truncate(PER_PAGE as usize);
+        rows.last().map(|r| r.id)
+    });
+    let now = chrono::Utc::now();
+    Ok(ChatsPage {
+        layout: user.layout("chats"),
+        sessions: rows
+            .into_iter()
+            .map(|s| SessionRow {
+                id: s.id,
+                title: s.title.unwrap_or_else(|| "Untitled chat".into()),
+                model: s.model,
+                created: view::ago(s.created_at, now),
+                created_full: view::stamp(s.created_at),
+                updated: view::ago(s.updated_at, now),
+            })
+            .collect(),
+        models: model_choices(state, &state.app.agent.models.default_model().name),
+        next: next.flatten(),
+        error,
+    })
+}
+
+/// `GET /chats`.
+pub async fn list(
+    State(state): State<WebState>,
+    user: User,
+    Query(q): Query<ListQuery>,
+) -> Result<Html<String>, WebError> {
+    let before = match q.before.as_deref() {
+        Some(b) => Some(
+            Uuid::parse_str(b).map_err(|_| WebError::BadRequest("`before` is not an id".into()))?,
+        ),
+        None => None,
+    };
+    Ok(Html(list_page(&state, &user, before, None).await?.render()?))
+}
+
+/// The new-chat form.
+#[derive(Debug, Deserialize)]
+pub struct NewChat {
+    title: Option<String>,
+    model: Option<String>,
+}
+
+/// `POST /chats`: creates a chat and opens it.
+pub async fn create(
+    State(state): State<WebState>,
+    user: User,
+    Form(form): Form<NewChat>,
+) -> Result<Response, WebError> {
+    user.require_write()?;
+    let title = form.title.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    let model = form
+        .model
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| state.app.agent.models.default_model().name.clone());
+    let problem = if title.is_some_and(|t| t.chars().count() > 200) {
+        Some("The title must be at most 200 characters.".to_owned())
+    } else if state.app.agent.models.get(&model).is_none() {
+        Some(format!("Unknown model `{model}`."))
+    } else {
+        None
+    };
+    if let Some(p) = problem {
+        let page = list_page(&state, &user, None, Some(p)).await?;
+        return Ok((StatusCode::UNPROCESSABLE_ENTITY, Html(page.render()?)).into_response());
+    }
+    let s = store::create_session(&state.app.pool, user.project(), title, &model, None, None).await?;
+    Ok(Redirect::to(&format!("/chats/{}", s.id)).into_response())
+}
+
+#[derive(Template)]
+#[template(path = "chat_composer.html")]
+struct Composer<'a> {
+    session: Uuid,
+    csrf: &'a str,
+    models: Vec<(String, bool)>,
+    input: &'a str,
+    error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "chat.html")]
+struct ChatPage {
+    layout: Layout,
+    session: Uuid,
+    title: String,
+    cursor: i64,
+    turns: Vec<String>,
+    controls: String,
+    composer: String,
+}
+
+/// Renders the chat page; `input` and `error` refill the composer after a refused send.
+async fn chat_page(
+    state: &WebState,
+    user: &User,
+    id: Uuid,
+    input: &str,
+    error: Option<String>,
+) -> Result<String, WebError> {
+    let snap = transcript::snapshot(&state.app.pool, user.project(), id)
+        .await?
+        .ok_or(WebError::NotFound("chat"))?;
+    let models = &state.app.agent.models;
+    let phases = phases(&snap.active);
+    let mut turns = Vec::new();
+    let mut i = 0;
+    while i < snap.messages.len() {
+        let turn = snap.messages[i].turn_id;
+        let mut j = i;
+        while j < snap.messages.len() && snap.messages[j].turn_id == turn {
+            j += 1;
+        }
+        let msgs: Vec<_> = snap.messages[i..j].iter().collect();
+        let job = snap.turns.iter().find(|t| t.id == turn);
+        let phase = phases
+            .iter()
+            .find(|(t, _)| *t == turn)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| Phase::Done(job.map_or(crate::queue::JobState::Succeeded, |j| j.state)));
+        let view = if phase == Phase::Running {
+            let user_msg = msgs.iter().copied().find(|m| m.role == "user");
+            chat_view::from_events(models, turn, user_msg, &snap.running_events)
+        } else {
+            chat_view::from_messages(models, turn, phase, &msgs, job)
+        };
+        turns.push(TurnTpl { t: &view, session: id, csrf: &user.csrf, oob: false }.render()?);
+        i = j;
+    }
+    let controls = ControlsTpl {
+        session: id,
+        csrf: &user.csrf,
+        running: phases.iter().any(|(_, p)| *p == Phase::Running),
+        queued: phases.iter().filter(|(_, p)| matches!(p, Phase::Queued(_))).count(),
+        oob: false,
+    }
+    .render()?;
+    let composer = Composer {
+        session: id,
+        csrf: &user.csrf,
+        models: model_choices(state, &snap.session.model),
+        input,
+        error,
+    }
+    .render()?;
+    Ok(ChatPage {
+        layout: user.layout("chats"),
+        session: id,
+        title: snap.session.title.unwrap_or_else(|| "Untitled chat".into()),
+        cursor: snap.cursor,
+        turns,
+        controls,
+        composer,
+    }
+    .render()?)
+}
+
+/// `GET /chats/{id}`.
+pub async fn page(
+    State(state): State<WebState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Html<String>, WebError> {
+    Ok(Html(chat_page(&state, &user, chat_id(&id)?, "", None).await?))
+}
+
+/// Query of the live feed.
+#[derive(Debug, Deserialize)]
+pub struct LiveQuery {
+    after: Option<String>,
+}
+
+/// `GET /chats/{id}/live`: the page's fragments as SSE, or one poll answer.
+pub async fn live_feed(
+    State(state): State<WebState>,
+    user: User,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<LiveQuery>,
+) -> Result<Response, WebError> {
+    let id = chat_id(&id)?;
+    let after = live::cursor(&headers, q.after.as_deref())?;
+    let mut conn = state.app.pool.acquire().await?;
+    store::session(&mut conn, user.project(), id, false)
+        .await?
+        .ok_or(WebError::NotFound("chat"))?;
+    drop(conn);
+    let feed = ChatFeed::start(state, user.project(), id, user.csrf.clone()).await?;
+    Ok(live::respond(&headers, after, feed).await)
+}
+
+/// The composer form.
+#[derive(Debug, Deserialize)]
+pub struct SendForm {
+    input: String,
+    model: Option<String>,
+    multitask: Option<String>,
+}
+
+/// `POST /chats/{id}/turns`: stores the message and queues its turn. The turn appears through
+/// the live feed; htmx gets a fresh composer back, a plain form a redirect to the chat.
+pub async fn send(
+    State(state): State<WebState>,
+    user: User,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<SendForm>,
+) -> Result<Response, WebError> {
+    user.require_write()?;
+    let id = chat_id(&id)?;
+    let model = form.model.filter(|m| !m.is_empty());
+    let multitask = match form.multitask.as_deref().unwrap_or("enqueue") {
+        "enqueue" => Ok(Multitask::Enqueue),
+        "reject" => Ok(Multitask::Reject),
+        "interrupt" => Ok(Multitask::Interrupt),
+        "rollback" => Ok(Multitask::Rollback),
+        other => Err(format!("Unknown choice `{other}` for a running turn.")),
+    };
+    let problem = if form.input.trim().is_empty() {
+        Some("Write a message first.".to_owned())
+    } else if form.input.len() > MAX_INPUT {
+        Some(format!("The message is longer than {} KiB.", MAX_INPUT / 1024))
+    } else if let Some(m) = model.as_ref().filter(|m| state.app.agent.models.get(m).is_none()) {
+        Some(format!("Unknown model `{m}`."))
+    } else {
+        multitask.as_ref().err().cloned()
+    };
+    let outcome = match (problem, multitask) {
+        (Some(p), _) | (None, Err(p)) => Err(p),
+        (None, Ok(mt)) => {
+            let input = Value::String(form.input.clone());
+            match sessions::send_turn(&state.app.pool, user.project(), id, &input, model.as_deref(), mt, None).await {
+                Ok(_) => Ok(()),
+                Err(SessionError::Busy) => Err("A turn is already running; it was not interrupted.".to_owned()),
+                Err(SessionError::Invalid(i)) => Err(i.to_string()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let selected = model.unwrap_or_default();
+    match (outcome, is_htmx(&headers)) {
+        (Ok(()), true) => {
+            let composer = Composer {
+                session: id,
+                csrf: &user.csrf,
+                models: model_choices(&state, &selected),
+                input: "",
+                error: None,
+            };
+            Ok(Html(composer.render()?).into_response())
+        }
+        (Ok(()), false) => Ok(Redirect::to(&format!("/chats/{id}")).into_response()),
+        (Err(msg), true) => {
+            let composer = Composer {
+                session: id,
+                csrf: &user.csrf,
+                models: model_choices(&state, &selected),
+                input: &form.input,
+                error: Some(msg),
+            };
+            Ok((StatusCode::UNPROCESSABLE_ENTITY, Html(composer.render()?)).into_response())
+        }
+        (Err(msg), false) => {
+            let html = chat_page(&state, &user, id, &form.input, Some(msg)).await?;
+            Ok((StatusCode::UNPROCESSABLE_ENTITY, Html(html)).into_response())
+        }
+    }
+}
+
+fn done(headers: &HeaderMap, id: Uuid) -> Response {
+    if is_htmx(headers) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        Redirect::to(&format!("/chats/{id}")).into_response()
+    }
+}
+
+/// `POST /chats/{id}/abort`: stops the running turn, keeping its partial reply.
+pub async fn abort(
+    State(state): State<WebState>,
+    user: User,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, WebError> {
+    user.require_write()?;
+    let id = chat_id(&id)?;
+    sessions::abort(&state.app.pool, user.project(), id).await?;
+    Ok(done(&headers, id))
+}
+
+/// `POST /chats/{id}/turns/{turn}/cancel`: takes a queued turn out of the queue.
+pub async fn cancel_turn(
+    State(state): State<WebState>,
+    user: User,
+    Path((id, turn)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, WebError> {
+    user.require_write()?;
+    let id = chat_id(&id)?;
+    let turn = Uuid::parse_str(&turn).map_err(|_| WebError::NotFound("turn"))?;
+    let mut conn = state.app.pool.acquire().await?;
+    let active = control::active_with_key(&mut conn, user.project(), &sessions::turn_key(id)).await?;
+    drop(conn);
+    if !active.iter().any(|(t, _)| *t == turn) {
+        return Err(WebError::Conflict("that turn is not waiting in this chat any more".into()));
+    }
+    control::cancel(&state.app.pool, user.project(), turn).await?;
+    Ok(done(&headers, id))
 }

@@ -7,6 +7,8 @@
 
 mod assets;
 pub mod auth;
+mod chat_live;
+mod chat_view;
 mod chats;
 mod error;
 mod jobs;

@@ -98,3 +98,19 @@ pub fn state_label(state: &str) -> &'static str {
         _ => "? unknown",
     }
 }
+
+/// Escapes text for HTML content and attribute values, for fragments built without a template.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
