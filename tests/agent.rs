@@ -6,36 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::fake_llm::{Chunk, FakeLlm, Reply};
-use common::{Env, Server, env, eventually, fast_worker};
+use common::chat::{agent_env, slow_text};
+use common::{Env, Server, eventually, fast_worker};
 use serde_json::{Value, json};
 use spool::llm::config::Models;
 use spool::tools::Workspace;
 use spool::worker::WorkerConfig;
 use uuid::Uuid;
-
-fn workspace() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("spool-ws-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("workspace");
-    std::fs::write(dir.join("notes.txt"), "hello spool\n").expect("file");
-    dir
-}
-
-/// An env whose only model is `fake` (served by `fake`) and with a workspace `demo`.
-async fn agent_env(fake: &FakeLlm) -> Env {
-    let mut e = env().await;
-    let table: toml::Table = toml::from_str(&format!(
-        "default_model = \"fake\"\n[[models]]\nname = \"fake\"\nprovider = \"openai\"\nbase_url = \"{}\"\ncontext_window = 8000\n",
-        fake.base_url
-    ))
-    .expect("toml");
-    e.settings.models = Models::from_toml(&table).expect("models");
-    e.settings.workspaces = vec![Workspace {
-        name: "demo".into(),
-        root: workspace(),
-        allow_commands: false,
-    }];
-    e
-}
 
 /// The requests turns made, leaving out the title job's.
 fn turn_requests(fake: &FakeLlm) -> Vec<Value> {
@@ -232,14 +209,6 @@ fn spaced(text: &str, delay_ms: u64) -> Reply {
             delay_ms,
         },
         other => other,
-    }
-}
-
-fn slow_text(words: usize, delay_ms: u64) -> Reply {
-    Reply::Stream {
-        chunks: (0..words).map(|i| Chunk::Text(format!("w{i} "))).collect(),
-        usage: None,
-        delay_ms,
     }
 }
 

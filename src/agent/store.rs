@@ -355,7 +355,7 @@ pub struct TurnJob {
     pub attempt: i32,
 }
 
-/// The jobs of these turns in `project_id`.
+/// The jobs of these turns in `project_id`; other jobs of the session (titles) are left out.
 pub async fn turn_jobs(
     db: impl sqlx::PgExecutor<'_>,
     project_id: Uuid,
@@ -364,7 +364,7 @@ pub async fn turn_jobs(
     sqlx::query_as!(
         TurnJob,
         r#"SELECT id, state AS "state: crate::queue::JobState", error, attempt FROM jobs
-           WHERE id = ANY($1) AND project_id = $2"#,
+           WHERE id = ANY($1) AND project_id = $2 AND kind = 'agent.turn'"#,
         ids,
         project_id
     )

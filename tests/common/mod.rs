@@ -2,6 +2,8 @@
 //! server and workers started through the same code paths as the binary.
 #![allow(dead_code)]
 
+pub mod browser;
+pub mod chat;
 pub mod db;
 pub mod fake_llm;
 pub mod sse;

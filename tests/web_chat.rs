@@ -1,0 +1,156 @@
+//! The chat page in headless Chromium against a real server, worker, Postgres and the fake
+//! OpenAI-compatible model: a reply streams in token by token, and a reload mid-stream ends with
+//! the same transcript as an uninterrupted page, in this tab and in a second one.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::browser::{Browser, WAIT, screenshot, sign_in, wait_for, wait_for_text};
+use common::chat::{agent_env, slow_text};
+use common::fake_llm::{FakeLlm, Reply};
+use common::fast_worker;
+use fantoccini::key::Key;
+use fantoccini::{Client, Locator};
+
+/// What the assistant's reply shows now (empty before it starts).
+async fn reply_text(c: &Client) -> String {
+    match c.find(Locator::Css("#turns .msg-assistant > .text")).await {
+        Ok(el) => el.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The whole transcript as the user sees it.
+async fn transcript(c: &Client) -> String {
+    c.find(Locator::Css("#turns"))
+        .await
+        .expect("the transcript")
+        .text()
+        .await
+        .expect("transcript text")
+}
+
+fn words(n: usize) -> String {
+    (0..n).map(|i| format!("w{i} ")).collect::<String>().trim_end().to_owned()
+}
+
+/// Signs in, starts a chat from the chat list and returns its path.
+async fn new_chat(b: &Client, s: &common::Server) -> String {
+    sign_in(b, s).await;
+    b.goto(&s.url("/chats")).await.expect("chats page");
+    wait_for(b, "#new-chat", WAIT).await.click().await.expect("start a chat");
+    wait_for(b, "#input", WAIT).await;
+    b.current_url().await.expect("url").path().to_owned()
+}
+
+/// Types `text` in the composer and presses Enter.
+async fn say(b: &Client, text: &str) {
+    let input = wait_for(b, "#input", WAIT).await;
+    input.send_keys(text).await.expect("typing");
+    input.send_keys(&Key::Enter.to_string()).await.expect("Enter");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_streams_in_pieces_then_settles_on_the_final_text() {
+    let fake = FakeLlm::start().await;
+    fake.push_all([slow_text(40, 60), Reply::text("A title")]);
+    let e = agent_env(&fake).await;
+    let s = e.serve(e.registry()).await;
+    let w = e.worker(e.registry(), fast_worker()).await;
+    let b = Browser::start().await;
+    new_chat(&b, &s).await;
+    say(&b, "stream to me").await;
+    wait_for_text(&b, "#turns .msg-user", "stream to me", WAIT).await;
+
+    let want = words(40);
+    let mut partials: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = reply_text(&b).await;
+        if now.trim_end() == want {
+            break;
+        }
+        if !now.is_empty() && partials.last() != Some(&now) {
+            assert!(want.starts_with(now.trim_end()), "a partial reply must be a prefix of the final one: {now:?}");
+            partials.push(now);
+        }
+        assert!(Instant::now() < deadline, "the reply never completed; last {partials:?}");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert!(
+        partials.len() >= 2,
+        "the reply should appear in at least two partial states before the final text, saw {partials:?}"
+    );
+    // The composer was cleared for the next message, and Enter did not leave a newline behind.
+    let left = wait_for(&b, "#input", WAIT).await.prop("value").await.expect("value");
+    assert_eq!(left.as_deref(), Some(""));
+    wait_for_text(&b, "#chat-controls", "Idle", WAIT).await;
+    screenshot(&b, "chat_streams").await;
+    b.close().await;
+    w.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_mid_stream_ends_with_the_uninterrupted_transcript() {
+    let fake = FakeLlm::start().await;
+    fake.push_all([slow_text(60, 50), Reply::text("A title")]);
+    let e = agent_env(&fake).await;
+    let s = e.serve(e.registry()).await;
+    let w = e.worker(e.registry(), fast_worker()).await;
+    let b = Browser::start().await;
+    let chat = new_chat(&b, &s).await;
+    say(&b, "stream, and survive a reload").await;
+    let want = words(60);
+
+    // Reload once some, but not all, of the reply is on the page.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = reply_text(&b).await;
+        if now.split_whitespace().count() >= 5 {
+            assert_ne!(now.trim_end(), want, "the reply finished before the reload; slow the fake down");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reply never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.refresh().await.expect("reload");
+    // Right after the reload the page shows the reply so far: a prefix, nothing repeated.
+    let after_reload = reply_text(&b).await;
+    assert!(
+        want.starts_with(after_reload.trim_end()),
+        "after a reload the partial reply must be a prefix of the final one: {after_reload:?}"
+    );
+    // A second tab joins the same stream.
+    let other = Browser::start().await;
+    sign_in(&other, &s).await;
+    other.goto(&s.url(&chat)).await.expect("second tab");
+
+    for c in [&*b, &*other] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reply_text(c).await.trim_end() != want {
+            assert!(Instant::now() < deadline, "the reply never completed: {:?}", reply_text(c).await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        wait_for_text(c, "#chat-controls", "Idle", WAIT).await;
+    }
+    let reloaded = transcript(&b).await;
+    let second = transcript(&other).await;
+    // An uninterrupted rendering of the finished chat.
+    other.goto(&s.url(&chat)).await.expect("fresh load");
+    wait_for_text(&other, "#turns .msg-assistant > .text", "w59", WAIT).await;
+    let fresh = transcript(&other).await;
+    assert_eq!(reloaded, fresh, "the reloaded tab must end with the uninterrupted transcript");
+    assert_eq!(second, fresh, "the second tab must end with the same transcript");
+    assert_eq!(reloaded.matches("w17 ").count(), 1, "no word may appear twice");
+    for c in [&*b, &*other] {
+        let turns = c.find_all(Locator::Css("#turns > .turn")).await.expect("turns");
+        assert_eq!(turns.len(), 1, "one turn was sent, so one turn is shown");
+        let replies = c.find_all(Locator::Css("#turns .msg-assistant")).await.expect("replies");
+        assert_eq!(replies.len(), 1, "one reply");
+    }
+    screenshot(&b, "chat_reloaded").await;
+    b.close().await;
+    other.close().await;
+    w.shutdown(Duration::from_secs(1)).await;
+}
