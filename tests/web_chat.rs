@@ -32,14 +32,22 @@ async fn transcript(c: &Client) -> String {
 }
 
 fn words(n: usize) -> String {
-    (0..n).map(|i| format!("w{i} ")).collect::<String>().trim_end().to_owned()
+    (0..n)
+        .map(|i| format!("w{i} "))
+        .collect::<String>()
+        .trim_end()
+        .to_owned()
 }
 
 /// Signs in, starts a chat from the chat list and returns its path.
 async fn new_chat(b: &Client, s: &common::Server) -> String {
     sign_in(b, s).await;
     b.goto(&s.url("/chats")).await.expect("chats page");
-    wait_for(b, "#new-chat", WAIT).await.click().await.expect("start a chat");
+    wait_for(b, "#new-chat", WAIT)
+        .await
+        .click()
+        .await
+        .expect("start a chat");
     wait_for(b, "#input", WAIT).await;
     b.current_url().await.expect("url").path().to_owned()
 }
@@ -48,7 +56,10 @@ async fn new_chat(b: &Client, s: &common::Server) -> String {
 async fn say(b: &Client, text: &str) {
     let input = wait_for(b, "#input", WAIT).await;
     input.send_keys(text).await.expect("typing");
-    input.send_keys(&Key::Enter.to_string()).await.expect("Enter");
+    input
+        .send_keys(&Key::Enter.to_string())
+        .await
+        .expect("Enter");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,10 +83,16 @@ async fn a_reply_streams_in_pieces_then_settles_on_the_final_text() {
             break;
         }
         if !now.is_empty() && partials.last() != Some(&now) {
-            assert!(want.starts_with(now.trim_end()), "a partial reply must be a prefix of the final one: {now:?}");
+            assert!(
+                want.starts_with(now.trim_end()),
+                "a partial reply must be a prefix of the final one: {now:?}"
+            );
             partials.push(now);
         }
-        assert!(Instant::now() < deadline, "the reply never completed; last {partials:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the reply never completed; last {partials:?}"
+        );
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
     assert!(
@@ -83,7 +100,11 @@ async fn a_reply_streams_in_pieces_then_settles_on_the_final_text() {
         "the reply should appear in at least two partial states before the final text, saw {partials:?}"
     );
     // The composer was cleared for the next message, and Enter did not leave a newline behind.
-    let left = wait_for(&b, "#input", WAIT).await.prop("value").await.expect("value");
+    let left = wait_for(&b, "#input", WAIT)
+        .await
+        .prop("value")
+        .await
+        .expect("value");
     assert_eq!(left.as_deref(), Some(""));
     wait_for_text(&b, "#chat-controls", "Idle", WAIT).await;
     screenshot(&b, "chat_streams").await;
@@ -108,7 +129,11 @@ async fn reloading_mid_stream_ends_with_the_uninterrupted_transcript() {
     loop {
         let now = reply_text(&b).await;
         if now.split_whitespace().count() >= 5 {
-            assert_ne!(now.trim_end(), want, "the reply finished before the reload; slow the fake down");
+            assert_ne!(
+                now.trim_end(),
+                want,
+                "the reply finished before the reload; slow the fake down"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "the reply never started");
@@ -129,7 +154,11 @@ async fn reloading_mid_stream_ends_with_the_uninterrupted_transcript() {
     for c in [&*b, &*other] {
         let deadline = Instant::now() + Duration::from_secs(30);
         while reply_text(c).await.trim_end() != want {
-            assert!(Instant::now() < deadline, "the reply never completed: {:?}", reply_text(c).await);
+            assert!(
+                Instant::now() < deadline,
+                "the reply never completed: {:?}",
+                reply_text(c).await
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         wait_for_text(c, "#chat-controls", "Idle", WAIT).await;
@@ -140,17 +169,126 @@ async fn reloading_mid_stream_ends_with_the_uninterrupted_transcript() {
     other.goto(&s.url(&chat)).await.expect("fresh load");
     wait_for_text(&other, "#turns .msg-assistant > .text", "w59", WAIT).await;
     let fresh = transcript(&other).await;
-    assert_eq!(reloaded, fresh, "the reloaded tab must end with the uninterrupted transcript");
-    assert_eq!(second, fresh, "the second tab must end with the same transcript");
-    assert_eq!(reloaded.matches("w17 ").count(), 1, "no word may appear twice");
+    assert_eq!(
+        reloaded, fresh,
+        "the reloaded tab must end with the uninterrupted transcript"
+    );
+    assert_eq!(
+        second, fresh,
+        "the second tab must end with the same transcript"
+    );
+    assert_eq!(
+        reloaded.matches("w17 ").count(),
+        1,
+        "no word may appear twice"
+    );
     for c in [&*b, &*other] {
-        let turns = c.find_all(Locator::Css("#turns > .turn")).await.expect("turns");
+        let turns = c
+            .find_all(Locator::Css("#turns > .turn"))
+            .await
+            .expect("turns");
         assert_eq!(turns.len(), 1, "one turn was sent, so one turn is shown");
-        let replies = c.find_all(Locator::Css("#turns .msg-assistant")).await.expect("replies");
+        let replies = c
+            .find_all(Locator::Css("#turns .msg-assistant"))
+            .await
+            .expect("replies");
         assert_eq!(replies.len(), 1, "one reply");
     }
     screenshot(&b, "chat_reloaded").await;
     b.close().await;
     other.close().await;
+    w.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Signs in over HTTP and returns the `Cookie` header a browser would send.
+async fn cookie_for(s: &common::Server) -> String {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let r = http
+        .post(s.url("/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        // Tokens are URL-safe base64, so they need no escaping here.
+        .body(format!("token={}&next=%2F", s.token))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), 303, "signing in redirects");
+    let set = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("a session cookie");
+    set.split(';').next().expect("cookie pair").to_owned()
+}
+
+/// The reply text a chat page's live feed appended, read until `until` shows up.
+async fn read_live(res: reqwest::Response, until: &str) -> String {
+    use futures::StreamExt;
+    let mut body = res.bytes_stream();
+    let mut buf = String::new();
+    while let Some(chunk) = body.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk.expect("stream chunk")));
+        if buf.contains(until) {
+            break;
+        }
+    }
+    buf.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| d.starts_with(r#"<span hx-swap-oob="beforeend:#t-"#))
+        .filter_map(|d| Some(&d[d.find('>')? + 1..d.rfind("</span>")?]))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_open_chat_pages_share_a_pool_of_twenty() {
+    const PAGES: usize = 500;
+    let fake = FakeLlm::start().await;
+    fake.push_all([slow_text(20, 20), Reply::text("A title")]);
+    let e = agent_env(&fake).await;
+    assert_eq!(e.svc.pool.options().get_max_connections(), 20);
+    let s = e.serve(e.registry()).await;
+    let cookie = cookie_for(&s).await;
+    let (st, body) = s.post("/api/v1/sessions", serde_json::json!({})).await;
+    assert_eq!(st, 201, "{body}");
+    let chat = body["id"].as_str().expect("session id").to_owned();
+
+    let http = reqwest::Client::new();
+    let mut pages = Vec::with_capacity(PAGES);
+    for _ in 0..PAGES {
+        let res = http
+            .get(s.url(&format!("/chats/{chat}/live?after=0")))
+            .header("cookie", &cookie)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .expect("open a live page");
+        assert_eq!(res.status(), 200, "{:?}", res.headers());
+        pages.push(tokio::spawn(read_live(res, "w19 ")));
+    }
+    // Every page is open and idle; the pool has not grown past its 20 connections.
+    assert!(
+        e.svc.pool.size() <= 20,
+        "pool grew to {}",
+        e.svc.pool.size()
+    );
+    let w = e.worker(e.registry(), fast_worker()).await;
+    let (st, body) = s
+        .post(
+            &format!("/api/v1/sessions/{chat}/turns"),
+            serde_json::json!({ "input": "to everyone" }),
+        )
+        .await;
+    assert_eq!(st, 202, "{body}");
+    let want: String = (0..20).map(|i| format!("w{i} ")).collect();
+    for (i, p) in pages.into_iter().enumerate() {
+        let got = tokio::time::timeout(Duration::from_secs(60), p)
+            .await
+            .unwrap_or_else(|_| panic!("page {i} never saw the whole reply"))
+            .expect("reader");
+        assert_eq!(got, want, "page {i} saw a different reply");
+    }
+    assert!(e.svc.pool.size() <= 20);
     w.shutdown(Duration::from_secs(1)).await;
 }
