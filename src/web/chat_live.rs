@@ -37,7 +37,6 @@ pub struct TurnTpl<'a> {
 #[template(path = "chat_item.html")]
 struct ItemTpl<'a> {
     item: &'a ItemView,
-
 }
 
 /// The abort button and queue length under the transcript.
@@ -100,12 +99,19 @@ impl ChatFeed {
 
     async fn fragment(&self, e: &StreamEvent) -> Result<Option<String>, WebError> {
         let models = &self.state.app.agent.models;
-        let mid = e.data.get("message_id").and_then(Value::as_str).unwrap_or("");
+        let mid = e
+            .data
+            .get("message_id")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let html = match e.kind.as_str() {
             "state" => return self.state_changed(e).await.map(Some),
             "title" => {
                 let title = e.data.get("title").and_then(Value::as_str).unwrap_or("");
-                format!(r#"<h1 id="chat-title" hx-swap-oob="true">{}</h1>"#, escape(title))
+                format!(
+                    r#"<h1 id="chat-title" hx-swap-oob="true">{}</h1>"#,
+                    escape(title)
+                )
             }
             "message_started" => {
                 let item = ItemView {
@@ -114,7 +120,12 @@ impl ChatFeed {
                         text: String::new(),
                         reasoning: String::new(),
                         status: "streaming".into(),
-                        meta: e.data.get("model").and_then(Value::as_str).unwrap_or("").into(),
+                        meta: e
+                            .data
+                            .get("model")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .into(),
                     }),
                     tool: None,
                 };
@@ -123,7 +134,10 @@ impl ChatFeed {
                 if e.data.get("retry").and_then(Value::as_i64).unwrap_or(0) > 0 {
                     html.replacen("<article ", "<article hx-swap-oob=\"true\" ", 1)
                 } else {
-                    format!(r#"<div hx-swap-oob="beforeend:#items-{}">{html}</div>"#, e.job_id)
+                    format!(
+                        r#"<div hx-swap-oob="beforeend:#items-{}">{html}</div>"#,
+                        e.job_id
+                    )
                 }
             }
             "delta" | "reasoning_delta" => {
@@ -155,14 +169,26 @@ impl ChatFeed {
                     return Ok(None);
                 };
                 let html = ItemTpl { item: &item }.render()?;
-                format!(r#"<div hx-swap-oob="beforeend:#items-{}">{html}</div>"#, e.job_id)
+                format!(
+                    r#"<div hx-swap-oob="beforeend:#items-{}">{html}</div>"#,
+                    e.job_id
+                )
             }
             "tool_result" => {
-                let call_id = e.data.get("tool_call_id").and_then(Value::as_str).unwrap_or("");
+                let call_id = e
+                    .data
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 let dom = chat_view::tool_dom(e.job_id, call_id);
                 let mut tool = ToolView {
                     dom: dom.clone(),
-                    name: e.data.get("name").and_then(Value::as_str).unwrap_or("").into(),
+                    name: e
+                        .data
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .into(),
                     arguments: String::new(),
                     result: None,
                     is_error: false,
@@ -192,13 +218,21 @@ impl ChatFeed {
 
     /// A turn was queued, started or ended: render it whole, with the queue and controls.
     async fn state_changed(&self, e: &StreamEvent) -> Result<String, WebError> {
-        let now =
-            transcript::turn_now(&self.state.app.pool, self.project, self.session, e.job_id, e.seq)
-                .await?;
+        let now = transcript::turn_now(
+            &self.state.app.pool,
+            self.project,
+            self.session,
+            e.job_id,
+            e.seq,
+        )
+        .await?;
         let models = &self.state.app.agent.models;
         let phases = phases(&now.active);
         let phase_of = |id: Uuid| {
-            phases.iter().find(|(t, _)| *t == id).map(|(_, p)| p.clone())
+            phases
+                .iter()
+                .find(|(t, _)| *t == id)
+                .map(|(_, p)| p.clone())
         };
         let mut out = String::new();
         if let Some(job) = &now.job {
@@ -214,9 +248,17 @@ impl ChatFeed {
                 }
             };
             let first = e.data.get("state").and_then(Value::as_str) == Some("queued") && e.seq == 1;
-            let html = TurnTpl { t: &view, session: self.session, csrf: &self.csrf, oob: !first }.render()?;
+            let html = TurnTpl {
+                t: &view,
+                session: self.session,
+                csrf: &self.csrf,
+                oob: !first,
+            }
+            .render()?;
             if first {
-                out.push_str(&format!(r#"<div hx-swap-oob="beforeend:#turns">{html}</div>"#));
+                out.push_str(&format!(
+                    r#"<div hx-swap-oob="beforeend:#turns">{html}</div>"#
+                ));
             } else {
                 out.push_str(&html);
             }
@@ -238,7 +280,10 @@ impl ChatFeed {
             session: self.session,
             csrf: &self.csrf,
             running: phases.iter().any(|(_, p)| *p == Phase::Running),
-            queued: phases.iter().filter(|(_, p)| matches!(p, Phase::Queued(_))).count(),
+            queued: phases
+                .iter()
+                .filter(|(_, p)| matches!(p, Phase::Queued(_)))
+                .count(),
             oob: true,
         }
         .render()?)
@@ -260,7 +305,8 @@ impl Feed for ChatFeed {
     async fn read(&mut self, after: i64) -> Result<Vec<Fragment>, WebError> {
         let events: Vec<StreamEvent> = if self.from_log {
             self.pending.clear();
-            let page = log::read_stream_after(&self.state.app.pool, self.session, after, PAGE).await?;
+            let page =
+                log::read_stream_after(&self.state.app.pool, self.session, after, PAGE).await?;
             // A full page means more is waiting: stay on the log for the next read.
             self.from_log = page.len() as i64 == PAGE;
             page
@@ -270,10 +316,16 @@ impl Feed for ChatFeed {
         let mut out = Vec::with_capacity(events.len());
         for e in events.iter().filter(|e| e.cursor > after) {
             if let Some(html) = self.fragment(e).await? {
-                out.push(Fragment { cursor: e.cursor, html });
+                out.push(Fragment {
+                    cursor: e.cursor,
+                    html,
+                });
             } else {
                 // Events the page does not show still move its cursor.
-                out.push(Fragment { cursor: e.cursor, html: String::new() });
+                out.push(Fragment {
+                    cursor: e.cursor,
+                    html: String::new(),
+                });
             }
         }
         Ok(out)

@@ -253,7 +253,13 @@ pub fn from_messages(
                     }),
                     tool: None,
                 });
-                for call in m.content.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+                for call in m
+                    .content
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     view.items.push(ItemView {
                         assistant: None,
                         tool: Some(ToolView::call(turn, call)),
@@ -262,7 +268,12 @@ pub fn from_messages(
             }
             "tool" => {
                 let dom = tool_dom(turn, m.tool_call_id.as_deref().unwrap_or(""));
-                if let Some(t) = view.items.iter_mut().filter_map(|i| i.tool.as_mut()).find(|t| t.dom == dom) {
+                if let Some(t) = view
+                    .items
+                    .iter_mut()
+                    .filter_map(|i| i.tool.as_mut())
+                    .find(|t| t.dom == dom)
+                {
                     t.finish(&m.content);
                 }
             }
@@ -276,11 +287,18 @@ pub fn from_messages(
 }
 
 /// A running turn rebuilt from its user message and its events so far.
-pub fn from_events(models: &Models, turn: Uuid, user: Option<&Message>, events: &[Event]) -> TurnView {
+pub fn from_events(
+    models: &Models,
+    turn: Uuid,
+    user: Option<&Message>,
+    events: &[Event],
+) -> TurnView {
     let mut view = TurnView {
         id: turn,
         phase: Phase::Running,
-        user_text: user.map(|m| text_of(&m.content, "text")).unwrap_or_default(),
+        user_text: user
+            .map(|m| text_of(&m.content, "text"))
+            .unwrap_or_default(),
         items: Vec::new(),
         usage: None,
         note: None,
@@ -330,7 +348,12 @@ pub fn apply(models: &Models, view: &mut TurnView, kind: &str, data: &Value) {
         }
         "message_complete" => {
             if let Some(a) = assistant_mut(view, &mid) {
-                a.status = if data.get("cancelled").is_some() { "cancelled" } else { "complete" }.into();
+                a.status = if data.get("cancelled").is_some() {
+                    "cancelled"
+                } else {
+                    "complete"
+                }
+                .into();
                 a.meta = complete_meta(models, data);
             }
         }
@@ -346,13 +369,22 @@ pub fn apply(models: &Models, view: &mut TurnView, kind: &str, data: &Value) {
         }),
         "tool_result" => {
             let dom = tool_dom(view.id, &text_of(data, "tool_call_id"));
-            if let Some(t) = view.items.iter_mut().filter_map(|i| i.tool.as_mut()).find(|t| t.dom == dom) {
+            if let Some(t) = view
+                .items
+                .iter_mut()
+                .filter_map(|i| i.tool.as_mut())
+                .find(|t| t.dom == dom)
+            {
                 t.finish(data);
             }
         }
         "usage" => {
             if let Some(u) = usage_of(data.get("usage")) {
-                view.usage = Some(usage_line(models, data.get("model").and_then(Value::as_str), &u));
+                view.usage = Some(usage_line(
+                    models,
+                    data.get("model").and_then(Value::as_str),
+                    &u,
+                ));
             }
         }
         _ => {}

@@ -133,7 +133,9 @@ pub async fn list(
         ),
         None => None,
     };
-    Ok(Html(list_page(&state, &user, before, None).await?.render()?))
+    Ok(Html(
+        list_page(&state, &user, before, None).await?.render()?,
+    ))
 }
 
 /// The new-chat form.
@@ -150,7 +152,11 @@ pub async fn create(
     Form(form): Form<NewChat>,
 ) -> Result<Response, WebError> {
     user.require_write()?;
-    let title = form.title.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    let title = form
+        .title
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
     let model = form
         .model
         .filter(|m| !m.is_empty())
@@ -166,7 +172,8 @@ pub async fn create(
         let page = list_page(&state, &user, None, Some(p)).await?;
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, Html(page.render()?)).into_response());
     }
-    let s = store::create_session(&state.app.pool, user.project(), title, &model, None, None).await?;
+    let s =
+        store::create_session(&state.app.pool, user.project(), title, &model, None, None).await?;
     Ok(Redirect::to(&format!("/chats/{}", s.id)).into_response())
 }
 
@@ -219,21 +226,34 @@ async fn chat_page(
             .iter()
             .find(|(t, _)| *t == turn)
             .map(|(_, p)| p.clone())
-            .unwrap_or_else(|| Phase::Done(job.map_or(crate::queue::JobState::Succeeded, |j| j.state)));
+            .unwrap_or_else(|| {
+                Phase::Done(job.map_or(crate::queue::JobState::Succeeded, |j| j.state))
+            });
         let view = if phase == Phase::Running {
             let user_msg = msgs.iter().copied().find(|m| m.role == "user");
             chat_view::from_events(models, turn, user_msg, &snap.running_events)
         } else {
             chat_view::from_messages(models, turn, phase, &msgs, job)
         };
-        turns.push(TurnTpl { t: &view, session: id, csrf: &user.csrf, oob: false }.render()?);
+        turns.push(
+            TurnTpl {
+                t: &view,
+                session: id,
+                csrf: &user.csrf,
+                oob: false,
+            }
+            .render()?,
+        );
         i = j;
     }
     let controls = ControlsTpl {
         session: id,
         csrf: &user.csrf,
         running: phases.iter().any(|(_, p)| *p == Phase::Running),
-        queued: phases.iter().filter(|(_, p)| matches!(p, Phase::Queued(_))).count(),
+        queued: phases
+            .iter()
+            .filter(|(_, p)| matches!(p, Phase::Queued(_)))
+            .count(),
         oob: false,
     }
     .render()?;
@@ -263,7 +283,9 @@ pub async fn page(
     user: User,
     Path(id): Path<String>,
 ) -> Result<Html<String>, WebError> {
-    Ok(Html(chat_page(&state, &user, chat_id(&id)?, "", None).await?))
+    Ok(Html(
+        chat_page(&state, &user, chat_id(&id)?, "", None).await?,
+    ))
 }
 
 /// Query of the live feed.
@@ -321,8 +343,14 @@ pub async fn send(
     let problem = if form.input.trim().is_empty() {
         Some("Write a message first.".to_owned())
     } else if form.input.len() > MAX_INPUT {
-        Some(format!("The message is longer than {} KiB.", MAX_INPUT / 1024))
-    } else if let Some(m) = model.as_ref().filter(|m| state.app.agent.models.get(m).is_none()) {
+        Some(format!(
+            "The message is longer than {} KiB.",
+            MAX_INPUT / 1024
+        ))
+    } else if let Some(m) = model
+        .as_ref()
+        .filter(|m| state.app.agent.models.get(m).is_none())
+    {
         Some(format!("Unknown model `{m}`."))
     } else {
         multitask.as_ref().err().cloned()
@@ -331,9 +359,21 @@ pub async fn send(
         (Some(p), _) | (None, Err(p)) => Err(p),
         (None, Ok(mt)) => {
             let input = Value::String(form.input.clone());
-            match sessions::send_turn(&state.app.pool, user.project(), id, &input, model.as_deref(), mt, None).await {
+            match sessions::send_turn(
+                &state.app.pool,
+                user.project(),
+                id,
+                &input,
+                model.as_deref(),
+                mt,
+                None,
+            )
+            .await
+            {
                 Ok(_) => Ok(()),
-                Err(SessionError::Busy) => Err("A turn is already running; it was not interrupted.".to_owned()),
+                Err(SessionError::Busy) => {
+                    Err("A turn is already running; it was not interrupted.".to_owned())
+                }
                 Err(SessionError::Invalid(i)) => Err(i.to_string()),
                 Err(e) => return Err(e.into()),
             }
@@ -401,10 +441,13 @@ pub async fn cancel_turn(
     let id = chat_id(&id)?;
     let turn = Uuid::parse_str(&turn).map_err(|_| WebError::NotFound("turn"))?;
     let mut conn = state.app.pool.acquire().await?;
-    let active = control::active_with_key(&mut conn, user.project(), &sessions::turn_key(id)).await?;
+    let active =
+        control::active_with_key(&mut conn, user.project(), &sessions::turn_key(id)).await?;
     drop(conn);
     if !active.iter().any(|(t, _)| *t == turn) {
-        return Err(WebError::Conflict("that turn is not waiting in this chat any more".into()));
+        return Err(WebError::Conflict(
+            "that turn is not waiting in this chat any more".into(),
+        ));
     }
     control::cancel(&state.app.pool, user.project(), turn).await?;
     Ok(done(&headers, id))
