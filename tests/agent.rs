@@ -2,15 +2,12 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use common::fake_llm::{Chunk, FakeLlm, Reply};
 use common::chat::{agent_env, slow_text};
+use common::fake_llm::{Chunk, FakeLlm, Reply};
 use common::{Env, Server, eventually, fast_worker};
 use serde_json::{Value, json};
-use spool::llm::config::Models;
-use spool::tools::Workspace;
 use spool::worker::WorkerConfig;
 use uuid::Uuid;
 

@@ -10,20 +10,15 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
-use serde_json::Value;
 use uuid::Uuid;
 
 use super::auth::User;
 use super::chat_live::{ChatFeed, ControlsTpl, TurnTpl, phases};
 use super::chat_view::{self, Phase};
 use super::view::{self, Layout};
-use super::{WebError, WebState, live};
-use crate::agent::sessions::{self, Multitask, SessionError};
-use crate::agent::{store, transcript};
-use crate::queue::control;
+use super::{WebError, WebState, chat_actions, live};
 
-/// Largest message accepted from the composer, in bytes.
-const MAX_INPUT: usize = 256 * 1024;
+use crate::agent::{store, transcript};
 
 /// Read-only routes.
 pub fn pages() -> Router<WebState> {
@@ -37,21 +32,24 @@ pub fn pages() -> Router<WebState> {
 pub fn actions() -> Router<WebState> {
     Router::new()
         .route("/chats", post(create))
-        .route("/chats/{id}/turns", post(send))
-        .route("/chats/{id}/abort", post(abort))
-        .route("/chats/{id}/turns/{turn}/cancel", post(cancel_turn))
+        .route("/chats/{id}/turns", post(chat_actions::send))
+        .route("/chats/{id}/abort", post(chat_actions::abort))
+        .route(
+            "/chats/{id}/turns/{turn}/cancel",
+            post(chat_actions::cancel_turn),
+        )
 }
 
-fn chat_id(raw: &str) -> Result<Uuid, WebError> {
+pub(super) fn chat_id(raw: &str) -> Result<Uuid, WebError> {
     Uuid::parse_str(raw).map_err(|_| WebError::NotFound("chat"))
 }
 
-fn is_htmx(headers: &HeaderMap) -> bool {
+pub(super) fn is_htmx(headers: &HeaderMap) -> bool {
     headers.contains_key("hx-request")
 }
 
 /// Model names with the one to preselect.
-fn model_choices(state: &WebState, selected: &str) -> Vec<(String, bool)> {
+pub(super) fn model_choices(state: &WebState, selected: &str) -> Vec<(String, bool)> {
     let names = state.app.agent.models.names();
     names
         .into_iter()
@@ -179,12 +177,12 @@ pub async fn create(
 
 #[derive(Template)]
 #[template(path = "chat_composer.html")]
-struct Composer<'a> {
-    session: Uuid,
-    csrf: &'a str,
-    models: Vec<(String, bool)>,
-    input: &'a str,
-    error: Option<String>,
+pub(super) struct Composer<'a> {
+    pub(super) session: Uuid,
+    pub(super) csrf: &'a str,
+    pub(super) models: Vec<(String, bool)>,
+    pub(super) input: &'a str,
+    pub(super) error: Option<String>,
 }
 
 #[derive(Template)]
@@ -200,7 +198,7 @@ struct ChatPage {
 }
 
 /// Renders the chat page; `input` and `error` refill the composer after a refused send.
-async fn chat_page(
+pub(super) async fn chat_page(
     state: &WebState,
     user: &User,
     id: Uuid,
@@ -311,144 +309,4 @@ pub async fn live_feed(
     drop(conn);
     let feed = ChatFeed::start(state, user.project(), id, user.csrf.clone()).await?;
     Ok(live::respond(&headers, after, feed).await)
-}
-
-/// The composer form.
-#[derive(Debug, Deserialize)]
-pub struct SendForm {
-    input: String,
-    model: Option<String>,
-    multitask: Option<String>,
-}
-
-/// `POST /chats/{id}/turns`: stores the message and queues its turn. The turn appears through
-/// the live feed; htmx gets a fresh composer back, a plain form a redirect to the chat.
-pub async fn send(
-    State(state): State<WebState>,
-    user: User,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<SendForm>,
-) -> Result<Response, WebError> {
-    user.require_write()?;
-    let id = chat_id(&id)?;
-    let model = form.model.filter(|m| !m.is_empty());
-    let multitask = match form.multitask.as_deref().unwrap_or("enqueue") {
-        "enqueue" => Ok(Multitask::Enqueue),
-        "reject" => Ok(Multitask::Reject),
-        "interrupt" => Ok(Multitask::Interrupt),
-        "rollback" => Ok(Multitask::Rollback),
-        other => Err(format!("Unknown choice `{other}` for a running turn.")),
-    };
-    let problem = if form.input.trim().is_empty() {
-        Some("Write a message first.".to_owned())
-    } else if form.input.len() > MAX_INPUT {
-        Some(format!(
-            "The message is longer than {} KiB.",
-            MAX_INPUT / 1024
-        ))
-    } else if let Some(m) = model
-        .as_ref()
-        .filter(|m| state.app.agent.models.get(m).is_none())
-    {
-        Some(format!("Unknown model `{m}`."))
-    } else {
-        multitask.as_ref().err().cloned()
-    };
-    let outcome = match (problem, multitask) {
-        (Some(p), _) | (None, Err(p)) => Err(p),
-        (None, Ok(mt)) => {
-            let input = Value::String(form.input.clone());
-            match sessions::send_turn(
-                &state.app.pool,
-                user.project(),
-                id,
-                &input,
-                model.as_deref(),
-                mt,
-                None,
-            )
-            .await
-            {
-                Ok(_) => Ok(()),
-                Err(SessionError::Busy) => {
-                    Err("A turn is already running; it was not interrupted.".to_owned())
-                }
-                Err(SessionError::Invalid(i)) => Err(i.to_string()),
-                Err(e) => return Err(e.into()),
-            }
-        }
-    };
-    let selected = model.unwrap_or_default();
-    match (outcome, is_htmx(&headers)) {
-        (Ok(()), true) => {
-            let composer = Composer {
-                session: id,
-                csrf: &user.csrf,
-                models: model_choices(&state, &selected),
-                input: "",
-                error: None,
-            };
-            Ok(Html(composer.render()?).into_response())
-        }
-        (Ok(()), false) => Ok(Redirect::to(&format!("/chats/{id}")).into_response()),
-        (Err(msg), true) => {
-            let composer = Composer {
-                session: id,
-                csrf: &user.csrf,
-                models: model_choices(&state, &selected),
-                input: &form.input,
-                error: Some(msg),
-            };
-            Ok((StatusCode::UNPROCESSABLE_ENTITY, Html(composer.render()?)).into_response())
-        }
-        (Err(msg), false) => {
-            let html = chat_page(&state, &user, id, &form.input, Some(msg)).await?;
-            Ok((StatusCode::UNPROCESSABLE_ENTITY, Html(html)).into_response())
-        }
-    }
-}
-
-fn done(headers: &HeaderMap, id: Uuid) -> Response {
-    if is_htmx(headers) {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        Redirect::to(&format!("/chats/{id}")).into_response()
-    }
-}
-
-/// `POST /chats/{id}/abort`: stops the running turn, keeping its partial reply.
-pub async fn abort(
-    State(state): State<WebState>,
-    user: User,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, WebError> {
-    user.require_write()?;
-    let id = chat_id(&id)?;
-    sessions::abort(&state.app.pool, user.project(), id).await?;
-    Ok(done(&headers, id))
-}
-
-/// `POST /chats/{id}/turns/{turn}/cancel`: takes a queued turn out of the queue.
-pub async fn cancel_turn(
-    State(state): State<WebState>,
-    user: User,
-    Path((id, turn)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, WebError> {
-    user.require_write()?;
-    let id = chat_id(&id)?;
-    let turn = Uuid::parse_str(&turn).map_err(|_| WebError::NotFound("turn"))?;
-    let mut conn = state.app.pool.acquire().await?;
-    let active =
-        control::active_with_key(&mut conn, user.project(), &sessions::turn_key(id)).await?;
-    drop(conn);
-    if !active.iter().any(|(t, _)| *t == turn) {
-        return Err(WebError::Conflict(
-            "that turn is not waiting in this chat any more".into(),
-        ));
-    }
-    control::cancel(&state.app.pool, user.project(), turn).await?;
-    Ok(done(&headers, id))
 }

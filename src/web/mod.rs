@@ -7,6 +7,7 @@
 
 mod assets;
 pub mod auth;
+mod chat_actions;
 mod chat_live;
 mod chat_view;
 mod chats;
