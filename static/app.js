@@ -53,8 +53,11 @@
     e.target.dataset.errors = "0";
     badge(false);
   });
+  // A stream the page closed on purpose (the job finished) or a removed element is no outage.
+  document.addEventListener("htmx:sseClose", () => badge(false));
   document.addEventListener("htmx:sseError", (e) => {
     const source = e.target;
+    if (!source.isConnected) return;
     badge(true);
     const n = Number(source.dataset.errors || "0") + 1;
     source.dataset.errors = String(n);
