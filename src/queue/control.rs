@@ -1,9 +1,13 @@
-//! Reading jobs and the operator-side state changes: cancel (with its cascade) and retry.
+//! Reading jobs (whole, or as the lighter rows pages list) and the operator-side state changes:
+//! cancel (with its cascade) and retry, one job or many.
 
+use chrono::{DateTime, Utc};
+use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::model::{Job, JobState, QueueError};
+use crate::events::Event;
 
 macro_rules! select_job {
     ($where:literal, $($arg:expr),* $(,)?) => {
@@ -220,4 +224,153 @@ pub async fn by_idempotency_key(
     )
     .fetch_optional(conn)
     .await?)
+}
+
+/// A job as list pages and live rows show it: no args, result or error bodies.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub id: Uuid,
+    pub parent_id: Option<Uuid>,
+    pub kind: String,
+    pub queue: String,
+    pub state: JobState,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub progress: Option<Value>,
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Bumped with every event of the job, so an unchanged `last_seq` means an unchanged row.
+    pub last_seq: i64,
+}
+
+macro_rules! select_row {
+    ($where:literal, $($arg:expr),* $(,)?) => {
+        sqlx::query_as!(
+            JobRow,
+            r#"SELECT id, parent_id, kind, queue, state AS "state: JobState", attempt, max_attempts,
+                      progress, cancel_requested_at, created_at, started_at, finished_at, last_seq
+               FROM jobs "# + $where,
+            $($arg),*
+        )
+    };
+}
+
+/// Like [`list`], in the lighter [`JobRow`] shape. `ORDER BY id DESC` with the project (and
+/// state or kind) equality lets the planner walk `jobs_project*_idx` and stop at the limit.
+pub async fn list_rows(
+    pool: &PgPool,
+    project_id: Uuid,
+    f: &JobFilter,
+) -> Result<Vec<JobRow>, QueueError> {
+    Ok(select_row!(
+        r#"WHERE project_id = $1
+             AND ($2::job_state IS NULL OR state = $2)
+             AND ($3::text IS NULL OR kind = $3)
+             AND ($4::text IS NULL OR queue = $4)
+             AND ($5::uuid IS NULL OR id < $5)
+             AND ($7::uuid IS NULL OR parent_id = $7)
+           ORDER BY id DESC LIMIT $6"#,
+        project_id,
+        f.state as Option<JobState>,
+        f.kind,
+        f.queue,
+        f.before,
+        f.limit,
+        f.parent_id,
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The rows of `ids` that belong to `project_id`, newest first; unknown ids are left out.
+pub async fn rows_by_ids(
+    pool: &PgPool,
+    project_id: Uuid,
+    ids: &[Uuid],
+) -> Result<Vec<JobRow>, QueueError> {
+    Ok(select_row!(
+        "WHERE project_id = $1 AND id = ANY($2) ORDER BY id DESC",
+        project_id,
+        ids
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Up to `limit` children of any of `parents`, oldest first: one level of a job tree.
+pub async fn children_rows(
+    pool: &PgPool,
+    project_id: Uuid,
+    parents: &[Uuid],
+    limit: i64,
+) -> Result<Vec<JobRow>, QueueError> {
+    Ok(select_row!(
+        "WHERE project_id = $1 AND parent_id = ANY($2) ORDER BY id LIMIT $3",
+        project_id,
+        parents,
+        limit
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The newest event seq of a job of `project_id`; another project's job is [`QueueError::NotFound`].
+pub async fn last_seq(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<i64, QueueError> {
+    sqlx::query_scalar!(
+        "SELECT last_seq FROM jobs WHERE id = $1 AND project_id = $2",
+        id,
+        project_id
+    )
+    .fetch_optional(pool)
+    .await?
+    .ok_or(QueueError::NotFound)
+}
+
+/// The `state` and `cancel_requested` events of a job, oldest first (at most 1,000): what the
+/// claim, finish, rescue, cancel and retry statements record, from which attempts are told.
+pub async fn state_events(pool: &PgPool, job_id: Uuid) -> Result<Vec<Event>, QueueError> {
+    Ok(sqlx::query_as!(
+        Event,
+        "SELECT seq, kind, data, at FROM job_events
+         WHERE job_id = $1 AND kind IN ('state', 'cancel_requested') ORDER BY seq LIMIT 1000",
+        job_id
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Cancels each of `ids` in turn (ascending, so concurrent bulk cancels lock in one order) and
+/// says what happened to each; one job's failure does not stop the others.
+pub async fn cancel_many(
+    pool: &PgPool,
+    project_id: Uuid,
+    ids: &[Uuid],
+) -> Vec<(Uuid, Result<Cancelled, QueueError>)> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in sorted_unique(ids) {
+        out.push((id, cancel(pool, project_id, id).await));
+    }
+    out
+}
+
+/// Retries each of `ids` in turn and says what happened to each.
+pub async fn retry_many(
+    pool: &PgPool,
+    project_id: Uuid,
+    ids: &[Uuid],
+) -> Vec<(Uuid, Result<(), QueueError>)> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in sorted_unique(ids) {
+        out.push((id, retry(pool, project_id, id).await));
+    }
+    out
+}
+
+fn sorted_unique(ids: &[Uuid]) -> Vec<Uuid> {
+    let mut v = ids.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
 }

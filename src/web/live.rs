@@ -94,7 +94,10 @@ pub async fn respond<F: Feed>(headers: &HeaderMap, after: i64, mut feed: F) -> R
                 Err(e) => tracing::warn!(error = %e, "live page read failed; retrying"),
             }
             if feed.done() {
-                let _ = tx.send(Ok(Event::default().event("close").data(""))).await;
+                // Browsers drop events without data, so the close event carries a word.
+                let _ = tx
+                    .send(Ok(Event::default().event("close").data("close")))
+                    .await;
                 return;
             }
             tokio::select! {
@@ -103,7 +106,8 @@ pub async fn respond<F: Feed>(headers: &HeaderMap, after: i64, mut feed: F) -> R
             }
         }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) });
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) });
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
