@@ -305,10 +305,17 @@ async fn without_sse_a_page_polls_the_same_fragments_by_cursor() {
     assert_eq!(st, 201, "{body}");
     let chat = body["id"].as_str().expect("session id").to_owned();
     let (st, body) = s
-        .post(&format!("/api/v1/sessions/{chat}/turns"), serde_json::json!({ "input": "poll me" }))
+        .post(
+            &format!("/api/v1/sessions/{chat}/turns"),
+            serde_json::json!({ "input": "poll me" }),
+        )
         .await;
     assert_eq!(st, 202, "{body}");
-    let turn = body["turn_id"].as_str().expect("turn").parse().expect("uuid");
+    let turn = body["turn_id"]
+        .as_str()
+        .expect("turn")
+        .parse()
+        .expect("uuid");
     assert_eq!(s.wait(turn, 20).await["state"], "succeeded");
 
     let poll = |after: String| {
@@ -319,9 +326,13 @@ async fn without_sse_a_page_polls_the_same_fragments_by_cursor() {
             .send()
     };
     let chat_id = chat.parse().expect("uuid");
-    let head_before = spool::events::log::stream_head(&e.svc.pool, chat_id).await.expect("head");
+    let head_before = spool::events::log::stream_head(&e.svc.pool, chat_id)
+        .await
+        .expect("head");
     let first = poll("0".into()).await.expect("poll");
-    let head_after = spool::events::log::stream_head(&e.svc.pool, chat_id).await.expect("head");
+    let head_after = spool::events::log::stream_head(&e.svc.pool, chat_id)
+        .await
+        .expect("head");
     assert_eq!(first.status(), 200);
     let cursor = first
         .headers()
@@ -336,10 +347,18 @@ async fn without_sse_a_page_polls_the_same_fragments_by_cursor() {
         .filter_map(|d| Some(&d[d.find('>')? + 1..d.find("</span>")?]))
         .collect();
     assert_eq!(text, "w0 w1 w2 w3 w4 w5 ");
-    assert!(html.contains(&format!(r#"id="turn-{turn}" aria-label="Turn" hx-swap-oob="true""#)), "the finished turn is re-rendered whole");
+    assert!(
+        html.contains(&format!(
+            r#"id="turn-{turn}" aria-label="Turn" hx-swap-oob="true""#
+        )),
+        "the finished turn is re-rendered whole"
+    );
     // The title job may still be adding events; the cursor is the newest one the answer held.
     let n: i64 = cursor.parse().expect("numeric cursor");
-    assert!((head_before..=head_after).contains(&n), "cursor {n} outside {head_before}..={head_after}");
+    assert!(
+        (head_before..=head_after).contains(&n),
+        "cursor {n} outside {head_before}..={head_after}"
+    );
     let again = poll(cursor.clone()).await.expect("poll");
     let next: i64 = again
         .headers()
@@ -349,7 +368,10 @@ async fn without_sse_a_page_polls_the_same_fragments_by_cursor() {
         .expect("Spool-Cursor");
     assert!(next >= n);
     let rest = again.text().await.expect("body");
-    assert!(!rest.contains("beforeend:#t-"), "no reply text is sent twice: {rest}");
+    assert!(
+        !rest.contains("beforeend:#t-"),
+        "no reply text is sent twice: {rest}"
+    );
     let bad = poll("-3".into()).await.expect("poll");
     assert_eq!(bad.status(), 400, "a bad cursor is refused");
     w.shutdown(Duration::from_secs(1)).await;

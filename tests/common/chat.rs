@@ -43,4 +43,3 @@ pub fn slow_text(words: usize, delay_ms: u64) -> Reply {
         delay_ms,
     }
 }
-
