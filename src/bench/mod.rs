@@ -1,8 +1,10 @@
-//! `spool bench`: drain throughput, enqueue-to-start latency and streamed chat turns, printed as
-//! one JSON line.
+//! `spool bench`: drain throughput, enqueue-to-start latency, streamed chat turns and web page
+//! times, printed as one JSON line; `--seed N` fills project `default` with N jobs first.
 
+mod pages;
 mod provider;
 mod reader;
+mod seed;
 mod turns;
 
 use std::sync::{Arc, Mutex};
@@ -28,13 +30,25 @@ pub enum Mode {
     /// Run N chat turns at once against an in-process provider streaming T tokens each; measure
     /// turns/s, database writes per turn and provider-chunk-to-SSE-client latency.
     Turns,
+    /// Serve the web pages in process and time each one (p50/p99 over --requests requests) as
+    /// a signed-in browser of project `default`; combine with --seed to fill it first.
+    Pages,
 }
 
 /// Options of `spool bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    #[arg(long, value_enum, default_value = "drain")]
-    mode: Mode,
+    /// What to measure [default: drain; with --seed alone, only seed].
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+    /// Insert this many jobs (spread over states, kinds and queues, with realistic timestamps)
+    /// into project `default` first, then VACUUM ANALYZE. Alone or with --mode pages only: the
+    /// other modes' workers would run the seeded jobs.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Requests per page for `pages`.
+    #[arg(long, default_value_t = 200)]
+    requests: usize,
     /// Jobs for `drain`.
     #[arg(long, default_value_t = 50_000)]
     jobs: usize,
@@ -80,31 +94,55 @@ pub async fn run(b: BenchArgs) -> anyhow::Result<()> {
         },
         FileConfig::default(),
     )?;
+    let mode = match (b.mode, b.seed) {
+        (None, Some(_)) => None,
+        (None, None) => Some(Mode::Drain),
+        (Some(m @ (Mode::Drain | Mode::Latency | Mode::Turns)), Some(_)) => anyhow::bail!(
+            "--seed fills project `default` with queued jobs that the workers of --mode {} would \
+             run; use --seed alone or with --mode pages",
+            format!("{m:?}").to_lowercase()
+        ),
+        (Some(m), _) => Some(m),
+    };
     let (url, pg) = crate::cli::database(&settings).await?;
     let svc = app::connect(&url, b.db_pool.max(2)).await?;
-    let project =
-        spool::projects::ensure(&svc.pool, &format!("bench-{}", uuid::Uuid::new_v4())).await?;
-    let line = match b.mode {
-        Mode::Drain => drain(&svc, &settings, project.id, &b).await?,
-        Mode::Latency => latency(&svc, project.id, &b).await?,
-        Mode::Turns => turns::run(&svc, &settings, project.id, &b).await?,
-    };
-    println!("{line}");
+    let result = measure(&svc, &settings, mode, &b).await;
+    if let Ok(line) = &result {
+        println!("{line}");
+    }
     svc.hub.stop();
     // Lets the LISTEN task see the stop before the pool closes its connection under it.
     tokio::time::sleep(Duration::from_millis(50)).await;
     svc.pool.close().await;
     drop(pg);
     let _ = std::fs::remove_dir_all(&tmp);
-    Ok(())
+    result.map(|_| ())
+}
+
+async fn measure(
+    svc: &app::Services,
+    settings: &Settings,
+    mode: Option<Mode>,
+    b: &BenchArgs,
+) -> anyhow::Result<Value> {
+    let fresh_project = || async {
+        spool::projects::ensure(&svc.pool, &format!("bench-{}", uuid::Uuid::new_v4())).await
+    };
+    Ok(match mode {
+        None => seed::run(svc, b.seed.unwrap_or(0)).await?,
+        Some(Mode::Pages) => pages::run(svc, settings, b).await?,
+        Some(Mode::Drain) => drain(svc, settings, fresh_project().await?.id, b).await?,
+        Some(Mode::Latency) => latency(svc, fresh_project().await?.id, b).await?,
+        Some(Mode::Turns) => turns::run(svc, settings, fresh_project().await?.id, b).await?,
+    })
 }
 
 impl BenchArgs {
     /// The worker concurrency: as given, else 256 (for `turns`, at least twice the turns).
     fn concurrency(&self) -> usize {
         self.concurrency.unwrap_or(match self.mode {
-            Mode::Turns => self.turns.saturating_mul(2).max(256),
-            Mode::Drain | Mode::Latency => 256,
+            Some(Mode::Turns) => self.turns.saturating_mul(2).max(256),
+            _ => 256,
         })
     }
 }

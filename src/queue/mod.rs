@@ -11,6 +11,8 @@ pub mod control;
 pub mod enqueue;
 pub mod model;
 pub mod rescue;
+pub mod seed;
+pub mod stats;
 pub mod workers;
 
 pub use enqueue::{Enqueued, NewJob, enqueue};

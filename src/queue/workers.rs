@@ -1,5 +1,6 @@
 //! The fleet registry: each worker process's row, heartbeat and final state.
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 /// A worker process as it registers itself.
@@ -55,4 +56,43 @@ pub async fn set_state(pool: &PgPool, id: &str, state: &str) -> Result<(), sqlx:
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// A worker as the fleet pages show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRow {
+    pub id: String,
+    pub host: String,
+    pub pid: i32,
+    pub version: String,
+    pub queues: Vec<String>,
+    pub concurrency: i32,
+    /// Jobs held at the last heartbeat.
+    pub running: i32,
+    /// `running`, `draining`, `stopped` or `lost`.
+    pub state: String,
+    pub started_at: DateTime<Utc>,
+    pub last_heartbeat_at: DateTime<Utc>,
+}
+
+/// Up to `limit` workers, live ones (running, draining) first, then by latest heartbeat;
+/// `live_only` leaves out stopped and lost ones.
+pub async fn list(
+    pool: &PgPool,
+    live_only: bool,
+    limit: i64,
+) -> Result<Vec<WorkerRow>, sqlx::Error> {
+    sqlx::query_as!(
+        WorkerRow,
+        "SELECT id, host, pid, version, queues, concurrency, running, state, started_at,
+                last_heartbeat_at
+         FROM workers
+         WHERE NOT $1 OR state IN ('running', 'draining')
+         ORDER BY state IN ('running', 'draining') DESC, last_heartbeat_at DESC, id
+         LIMIT $2",
+        live_only,
+        limit
+    )
+    .fetch_all(pool)
+    .await
 }
