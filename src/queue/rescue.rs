@@ -65,11 +65,12 @@ pub async fn rescue_expired(
     Ok(n as u64)
 }
 
-/// Marks workers whose heartbeat is older than `stale` as `lost`, so the fleet view stays honest.
+/// Marks running or draining workers whose heartbeat is older than `stale` as `lost`, so the
+/// fleet view stays honest about a worker that died mid-drain too.
 pub async fn mark_lost_workers(pool: &PgPool, stale: Duration) -> Result<u64, sqlx::Error> {
     let r = sqlx::query!(
         "UPDATE workers SET state = 'lost'
-         WHERE state = 'running' AND last_heartbeat_at < now() - make_interval(secs => $1)",
+         WHERE state IN ('running', 'draining') AND last_heartbeat_at < now() - make_interval(secs => $1)",
         stale.as_secs_f64()
     )
     .execute(pool)

@@ -91,7 +91,7 @@ pub fn state_label(state: &str) -> &'static str {
     match state {
         "queued" => "◷ queued",
         "running" => "▶ running",
-        "waiting" => "⏸ waiting",
+        "waiting" => "◫ waiting",
         "succeeded" => "✓ succeeded",
         "failed" => "✗ failed",
         "cancelled" => "⊘ cancelled",
