@@ -38,6 +38,8 @@ use super::{BenchArgs, pct, round, sorted};
 
 /// What every measured turn asks.
 const PROMPT: &str = "Count slowly.";
+/// Threads of the runtime the provider and the SSE clients run on.
+const HARNESS_THREADS: usize = 1;
 /// How long the idle write rate is measured before the turns start.
 const IDLE_WINDOW: Duration = Duration::from_secs(1);
 
@@ -54,7 +56,33 @@ pub async fn run(
     b: &BenchArgs,
 ) -> anyhow::Result<Value> {
     let base = Instant::now();
-    let provider = Provider::start(base, b.tokens, Duration::from_millis(b.chunk_ms)).await?;
+    // The provider and the SSE clients stand in for other machines: they run on their own
+    // threads, so their 40,000 chunks a second queue behind each other and not behind Spool's
+    // tasks. The two still share the machine's cores with Spool and Postgres.
+    let harness = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(HARNESS_THREADS)
+        .thread_name("bench-harness")
+        .enable_all()
+        .build()
+        .context("starting the bench harness runtime")?;
+    let result = run_with(svc, settings, project, b, base, harness.handle()).await;
+    harness.shutdown_background();
+    result
+}
+
+async fn run_with(
+    svc: &app::Services,
+    settings: &Settings,
+    project: Uuid,
+    b: &BenchArgs,
+    base: Instant,
+    harness: &tokio::runtime::Handle,
+) -> anyhow::Result<Value> {
+    let (tokens, gap) = (b.tokens, Duration::from_millis(b.chunk_ms));
+    let provider = harness
+        .spawn(async move { Provider::start(base, tokens, gap).await })
+        .await
+        .context("the bench provider task")??;
     let mut settings = settings.clone();
     let models: toml::Table = format!(
         "default_model = \"fake\"\n[[models]]\nname = \"fake\"\nprovider = \"openai\"\n\
@@ -85,7 +113,10 @@ pub async fn run(
         async move { stopped.cancelled().await },
     ));
     let result = match addr_rx.await {
-        Ok(addr) => measure(svc, project, b, base, &format!("http://{addr}/api/v1")).await,
+        Ok(addr) => {
+            let api = format!("http://{addr}/api/v1");
+            measure(svc, project, b, base, &api, harness).await
+        }
         Err(_) => Err(anyhow::anyhow!("the API server did not start")),
     };
     // Each server-side stream ends once it notices its client left (within its 2 s backstop).
@@ -113,6 +144,7 @@ async fn measure(
     b: &BenchArgs,
     base: Instant,
     api: &str,
+    harness: &tokio::runtime::Handle,
 ) -> anyhow::Result<Value> {
     let pool = &svc.pool;
     let n = b.turns;
@@ -142,17 +174,25 @@ async fn measure(
     let client = reqwest::Client::builder()
         .build()
         .context("building the HTTP client")?;
-    let opened = futures::future::try_join_all(
-        ids.iter()
-            .zip(&cursors)
-            .map(|(id, c)| reader::open(&client, api, &token, *id, *c)),
-    )
-    .await?;
+    // Opened on the harness runtime, so each connection's I/O is driven there too.
+    let opening: Vec<_> = ids
+        .iter()
+        .zip(&cursors)
+        .map(|(id, c)| {
+            let (client, api, token, id, c) =
+                (client.clone(), api.to_owned(), token.clone(), *id, *c);
+            harness.spawn(async move { reader::open(&client, &api, &token, id, c).await })
+        })
+        .collect();
+    let mut opened = Vec::with_capacity(n);
+    for o in opening {
+        opened.push(o.await.context("opening a reader")??);
+    }
     let jobs: Vec<Arc<OnceLock<Uuid>>> = (0..n).map(|_| Arc::default()).collect();
     let readers: Vec<JoinHandle<Outcome>> = opened
         .into_iter()
         .zip(&jobs)
-        .map(|(resp, job)| tokio::spawn(reader::read(resp, base, Arc::clone(job))))
+        .map(|(resp, job)| harness.spawn(reader::read(resp, base, Arc::clone(job))))
         .collect();
 
     let idle_start = Probe::take(pool, base).await?;

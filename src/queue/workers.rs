@@ -46,10 +46,12 @@ pub async fn heartbeat(pool: &PgPool, id: &str, running: i32) -> Result<(), sqlx
     Ok(())
 }
 
-/// Sets the worker's state (`draining`, `stopped`).
+/// Sets the worker's state (`draining`, `stopped`); a stopped worker holds no jobs.
 pub async fn set_state(pool: &PgPool, id: &str, state: &str) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        "UPDATE workers SET state = $2, last_heartbeat_at = now() WHERE id = $1",
+        "UPDATE workers SET state = $2, last_heartbeat_at = now(),
+                running = CASE WHEN $2 = 'stopped' THEN 0 ELSE running END
+         WHERE id = $1",
         id,
         state
     )

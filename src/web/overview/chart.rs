@@ -49,10 +49,11 @@ impl Chart {
             .max_by_key(|m| (m.succeeded + m.failed, std::cmp::Reverse(m.minute)));
         let summary = match busiest {
             Some(b) if ok + bad > 0 => format!(
-                "In the last {} minutes {} jobs succeeded and {} failed; the busiest minute was \
+                "In the last {} minutes {} {} succeeded and {} failed; the busiest minute was \
                  {} UTC with {} finished.",
                 minutes.len(),
                 thousands(ok),
+                if ok == 1 { "job" } else { "jobs" },
                 thousands(bad),
                 label(b),
                 thousands(b.succeeded + b.failed)

@@ -54,11 +54,12 @@ impl Block {
         }
     }
 
-    /// An out-of-band `<span>` holding `text`, which must be plain (numbers, durations).
+    /// New text for the element `id`, which must be plain (numbers, durations). Only the
+    /// contents are swapped, so the element keeps its classes and attributes.
     pub fn span(id: &str, text: &str) -> Self {
         Self::whole(
             id,
-            format!(r#"<span id="{id}" hx-swap-oob="outerHTML">{text}</span>"#),
+            format!(r#"<span hx-swap-oob="innerHTML:#{id}">{text}</span>"#),
         )
     }
 }
