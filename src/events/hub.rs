@@ -114,7 +114,7 @@ impl Hub {
                 let _ = self.inner.cancels.send(ids);
             }
             EVENTS_CHANNEL => {
-                self.inner.pump.mark(parse_ids(payload));
+                self.inner.pump.mark(parse_marks(payload));
                 if let Ok(topics) = self.inner.topics.lock() {
                     for id in parse_ids(payload) {
                         if let Some(tx) = topics.get(&id) {
@@ -159,6 +159,11 @@ impl Hub {
         self.inner.pump.follow(stream_id).await
     }
 
+    /// The process's stream pump, for an event writer in this process to hand its writes to.
+    pub fn pump(&self) -> Pump {
+        self.inner.pump.clone()
+    }
+
     /// Wakes when jobs may be ready to claim.
     pub fn job_wakeups(&self) -> watch::Receiver<u64> {
         self.inner.jobs.subscribe()
@@ -180,8 +185,18 @@ impl Hub {
     }
 }
 
+/// The ids of a payload (`id,id@cursor,…`); a stream's `@cursor` is dropped.
 fn parse_ids(payload: &str) -> impl Iterator<Item = Uuid> + '_ {
-    payload
-        .split(',')
-        .filter_map(|s| Uuid::parse_str(s.trim()).ok())
+    parse_marks(payload).map(|(id, _)| id)
+}
+
+/// The ids of a payload with the cursor a stream has reached, where the writer said so.
+fn parse_marks(payload: &str) -> impl Iterator<Item = (Uuid, Option<i64>)> + '_ {
+    payload.split(',').filter_map(|item| {
+        let (id, cursor) = match item.trim().split_once('@') {
+            Some((id, c)) => (id, Some(c.parse().ok()?)),
+            None => (item.trim(), None),
+        };
+        Some((Uuid::parse_str(id).ok()?, cursor))
+    })
 }

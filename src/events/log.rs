@@ -32,10 +32,23 @@ pub struct JobBatch {
     pub progress: Option<Value>,
 }
 
+/// Where one appended event landed: its job's `seq`, and its stream cursor if the job has a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub job_id: Uuid,
+    pub seq: i64,
+    pub stream_id: Option<Uuid>,
+    pub stream_seq: Option<i64>,
+}
+
 /// Appends the events of many running jobs in one statement: each job's part is fenced by its
 /// lease and gets its `seq`s from its own row, so seq order stays commit order per job. Returns
-/// the jobs whose lease was still theirs; the others' events were not written.
-pub async fn append_batch(pool: &PgPool, batch: &[JobBatch]) -> Result<Vec<Uuid>, sqlx::Error> {
+/// every written event, ordered by job and seq; a job whose lease was not still its own has none
+/// (its events were not written).
+pub async fn append_batch(
+    pool: &PgPool,
+    batch: &[JobBatch],
+) -> Result<Vec<Appended>, sqlx::Error> {
     let mut job_ids = Vec::with_capacity(batch.len());
     let mut tokens = Vec::with_capacity(batch.len());
     let mut counts = Vec::with_capacity(batch.len());
@@ -61,7 +74,8 @@ pub async fn append_batch(pool: &PgPool, batch: &[JobBatch]) -> Result<Vec<Uuid>
     if job_ids.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_scalar!(
+    sqlx::query_as!(
+        Appended,
         r#"
         WITH input AS (
             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::jsonb[])
@@ -78,7 +92,7 @@ pub async fn append_batch(pool: &PgPool, batch: &[JobBatch]) -> Result<Vec<Uuid>
             -- stream order equal to commit order.
             UPDATE event_streams s SET last_seq = s.last_seq + p.n
             FROM per_stream p WHERE s.id = p.stream_id
-            RETURNING s.id, s.last_seq - p.n AS base
+            RETURNING s.id, s.last_seq, s.last_seq - p.n AS base
         ), rows AS (
             SELECT e.job_id, b.last_seq - b.n + e.ord AS seq, e.kind, e.data, e.at, b.stream_id,
                    st.base + row_number() OVER (PARTITION BY b.stream_id ORDER BY e.job_id, e.ord)
@@ -91,13 +105,19 @@ pub async fn append_batch(pool: &PgPool, batch: &[JobBatch]) -> Result<Vec<Uuid>
             INSERT INTO job_events (job_id, seq, kind, data, at, stream_id, stream_seq)
             SELECT job_id, seq, kind, data, at, stream_id, stream_seq FROM rows
             ORDER BY job_id, seq
+            RETURNING job_id, seq, stream_id, stream_seq
         ), wake AS (
-            SELECT pg_notify('spool_events', string_agg(id::text, ','))
+            -- Streams go out as `id@cursor`, so a process that already holds them (its own writer
+            -- handed them over) need not read them back.
+            SELECT pg_notify('spool_events', string_agg(id, ','))
             FROM (SELECT id, (row_number() OVER ()) / 150 AS chunk
-                  FROM (SELECT id FROM bump UNION SELECT stream_id FROM per_stream) ids) x
+                  FROM (SELECT id::text FROM bump
+                        UNION ALL SELECT id::text || '@' || last_seq FROM streams) ids) x
             GROUP BY chunk
         )
-        SELECT id AS "id!" FROM bump WHERE (SELECT count(*) FROM wake) >= 0
+        SELECT job_id AS "job_id!", seq AS "seq!", stream_id, stream_seq FROM ins
+        WHERE (SELECT count(*) FROM wake) >= 0
+        ORDER BY job_id, seq
         "#,
         &job_ids,
         &tokens,

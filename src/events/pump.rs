@@ -2,6 +2,9 @@
 //! of followed streams are announced, it reads them for all those streams in one query and fans
 //! them out in memory, so an open page costs a channel receiver, not a query per write.
 //!
+//! Events this process's own writer commits are handed over directly ([`Pump::offer`]) when they
+//! continue a stream without a gap; everything else comes from the log.
+//!
 //! The log stays the source of truth: a follower catches up from the log by its own cursor first,
 //! takes the pump's batches after that (dropping what it already has), and falls back to the log
 //! again if it lags.
@@ -65,16 +68,25 @@ impl Pump {
         Self { inner }
     }
 
-    /// Marks streams as having new events.
-    pub fn mark(&self, ids: impl IntoIterator<Item = Uuid>) {
+    /// Marks streams as having new events, up to the cursor given where it is known; a stream
+    /// this pump has already delivered that far stays clean.
+    pub fn mark(&self, marks: impl IntoIterator<Item = (Uuid, Option<i64>)>) {
+        let mut any = false;
         if let Ok(mut s) = self.inner.state.lock() {
-            for id in ids {
-                if s.streams.contains_key(&id) {
+            for (id, upto) in marks {
+                let behind = match s.streams.get(&id) {
+                    Some(f) => upto.is_none_or(|c| c > f.cursor),
+                    None => false,
+                };
+                if behind {
                     s.dirty.insert(id);
+                    any = true;
                 }
             }
         }
-        self.inner.wake.notify_one();
+        if any {
+            self.inner.wake.notify_one();
+        }
     }
 
     /// After a LISTEN reconnect: anything may have changed.
@@ -100,6 +112,46 @@ impl Pump {
             tx: broadcast::Sender::new(BACKLOG),
         });
         Ok(entry.tx.subscribe())
+    }
+
+    /// Takes events this process has just committed. A followed stream whose next events these
+    /// are gets them at once; one that missed something (another process wrote in between) is
+    /// left to the log read, which the NOTIFY of that other write triggers anyway.
+    pub fn offer(&self, events: Vec<(Uuid, StreamEvent)>) {
+        let mut by_stream: Vec<(Uuid, Vec<StreamEvent>)> = Vec::new();
+        let mut sorted = events;
+        sorted.sort_by_key(|(id, e)| (*id, e.cursor));
+        for (id, e) in sorted {
+            match by_stream.last_mut() {
+                Some((last, events)) if *last == id => events.push(e),
+                _ => by_stream.push((id, vec![e])),
+            }
+        }
+        let Ok(mut s) = self.inner.state.lock() else {
+            return;
+        };
+        let mut gap = false;
+        for (id, mut events) in by_stream {
+            let Some(f) = s.streams.get_mut(&id) else {
+                continue;
+            };
+            events.retain(|e| e.cursor > f.cursor);
+            match events.first() {
+                None => {}
+                Some(first) if first.cursor == f.cursor + 1 => {
+                    f.cursor = events.last().map_or(f.cursor, |e| e.cursor);
+                    let _ = f.tx.send(Arc::new(events));
+                }
+                Some(_) => {
+                    s.dirty.insert(id);
+                    gap = true;
+                }
+            }
+        }
+        drop(s);
+        if gap {
+            self.inner.wake.notify_one();
+        }
     }
 
     fn existing(&self, stream_id: Uuid) -> Option<broadcast::Receiver<Batch>> {
@@ -168,12 +220,14 @@ fn deliver(inner: &Inner, rows: Vec<(Uuid, StreamEvent)>, truncated: bool) {
     let Ok(mut s) = inner.state.lock() else {
         return;
     };
-    for (id, events) in by_stream {
+    for (id, mut events) in by_stream {
         if let Some(f) = s.streams.get_mut(&id) {
+            // The local writer may have handed over some of these already.
+            events.retain(|e| e.cursor > f.cursor);
             if let Some(last) = events.last() {
-                f.cursor = f.cursor.max(last.cursor);
+                f.cursor = last.cursor;
+                let _ = f.tx.send(Arc::new(events));
             }
-            let _ = f.tx.send(Arc::new(events));
         }
         if truncated {
             s.dirty.insert(id);

@@ -15,7 +15,8 @@ use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::log::{JobBatch, NewEvent, append_batch};
+use super::log::{Appended, JobBatch, NewEvent, StreamEvent, append_batch};
+use super::pump::Pump;
 
 /// How long events gather before a write.
 pub const COALESCE: Duration = Duration::from_millis(40);
@@ -28,6 +29,9 @@ pub struct EventWriter {
 
 struct Inner {
     pool: PgPool,
+    /// This process's stream pump, handed each committed stream event at once, so local pages
+    /// need not wait for the NOTIFY and a read of what this writer just wrote.
+    local: Option<Pump>,
     jobs: Mutex<HashMap<Uuid, Pending>>,
     /// Something is buffered (or a close wants a flush now).
     wake: Notify,
@@ -57,10 +61,11 @@ pub struct EventSink {
 }
 
 impl EventWriter {
-    /// Starts the writer's flush loop on `pool`.
-    pub fn start(pool: PgPool) -> Self {
+    /// Starts the writer's flush loop on `pool`; `local` is the pump of this process's hub.
+    pub fn start(pool: PgPool, local: Option<Pump>) -> Self {
         let inner = Arc::new(Inner {
             pool,
+            local,
             jobs: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             urgent: Notify::new(),
@@ -171,6 +176,36 @@ impl EventSink {
     }
 }
 
+/// The committed events that belong to a stream, with their cursors. `rows` come ordered by job
+/// and seq, which is each job's event order in `batch`.
+fn stream_events(batch: &[JobBatch], rows: &[Appended]) -> Vec<(Uuid, StreamEvent)> {
+    let mut out = Vec::new();
+    let mut jobs: Vec<&JobBatch> = batch.iter().collect();
+    jobs.sort_by_key(|b| b.job_id);
+    let mut rest = rows;
+    for b in jobs {
+        let n = rest.iter().take_while(|r| r.job_id == b.job_id).count();
+        let (mine, after) = rest.split_at(n);
+        rest = after;
+        for (row, e) in mine.iter().zip(&b.events) {
+            if let (Some(stream), Some(cursor)) = (row.stream_id, row.stream_seq) {
+                out.push((
+                    stream,
+                    StreamEvent {
+                        cursor,
+                        job_id: b.job_id,
+                        seq: row.seq,
+                        kind: e.kind.clone(),
+                        data: e.data.clone(),
+                        at: e.at,
+                    },
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Two deltas merge when everything but their `text` is the same.
 fn mergeable(a: &Value, b: &Value) -> bool {
     match (a.as_object(), b.as_object()) {
@@ -247,12 +282,17 @@ async fn flush(inner: &Inner) {
     let started = std::time::Instant::now();
     let written = loop {
         match append_batch(&inner.pool, &batch).await {
-            Ok(ids) => {
+            Ok(rows) => {
                 tracing::debug!(
                     jobs = batch.len(),
                     ms = started.elapsed().as_secs_f64() * 1e3,
                     "events written"
                 );
+                if let Some(pump) = &inner.local {
+                    pump.offer(stream_events(&batch, &rows));
+                }
+                let mut ids: Vec<Uuid> = rows.iter().map(|r| r.job_id).collect();
+                ids.dedup();
                 break ids;
             }
             Err(e) => {

@@ -117,7 +117,7 @@ impl WorkerRuntime {
             worker_id,
             inflight: Mutex::new(HashMap::new()),
             finishes: finish_tx,
-            events: crate::events::EventWriter::start(pool_for_events),
+            events: crate::events::EventWriter::start(pool_for_events, Some(hub.pump())),
         });
         let closing = CancellationToken::new();
         let completer = tokio::spawn(completer::run(
