@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use sqlx::PgPool;
 
 use std::sync::Arc;
@@ -105,6 +106,12 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding {listen}"))?;
     bound(listener.local_addr()?);
+    // Streams send many small frames; Nagle's algorithm would hold each behind the last ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let keys = web::Keys::load(&state.pool)
         .await
         .context("loading the web cookie key")?;

@@ -53,6 +53,10 @@ impl Provider {
             .await
             .context("binding the bench provider")?;
         let addr = listener.local_addr()?;
+        // Like a real provider's streaming endpoint: each token leaves at once.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let server = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "bench provider stopped");

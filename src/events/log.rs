@@ -93,14 +93,18 @@ pub async fn append_batch(
             UPDATE event_streams s SET last_seq = s.last_seq + p.n
             FROM per_stream p WHERE s.id = p.stream_id
             RETURNING s.id, s.last_seq, s.last_seq - p.n AS base
+        ), bases AS (
+            -- One lookup map rather than a join: the planner cannot know how many rows the CTEs
+            -- hold and would loop over every stream for every event.
+            SELECT jsonb_object_agg(id::text, base) AS m FROM streams
         ), rows AS (
             SELECT e.job_id, b.last_seq - b.n + e.ord AS seq, e.kind, e.data, e.at, b.stream_id,
-                   st.base + row_number() OVER (PARTITION BY b.stream_id ORDER BY e.job_id, e.ord)
+                   ((SELECT m FROM bases) ->> b.stream_id::text)::bigint
+                       + row_number() OVER (PARTITION BY b.stream_id ORDER BY e.job_id, e.ord)
                        AS stream_seq
             FROM unnest($5::uuid[], $6::bigint[], $7::text[], $8::jsonb[], $9::timestamptz[])
                 AS e(job_id, ord, kind, data, at)
             JOIN bump b ON b.id = e.job_id
-            LEFT JOIN streams st ON st.id = b.stream_id
         ), ins AS (
             INSERT INTO job_events (job_id, seq, kind, data, at, stream_id, stream_seq)
             SELECT job_id, seq, kind, data, at, stream_id, stream_seq FROM rows
