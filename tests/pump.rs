@@ -47,7 +47,11 @@ async fn offers_are_delivered_in_order_once_and_never_across_a_gap() {
     pump.offer(vec![(stream, event(1))]);
     assert_eq!(cursors(&mut rx), vec![1]);
     // Out of order within one offer is fine; already-delivered cursors are dropped.
-    pump.offer(vec![(stream, event(3)), (stream, event(1)), (stream, event(2))]);
+    pump.offer(vec![
+        (stream, event(3)),
+        (stream, event(1)),
+        (stream, event(2)),
+    ]);
     assert_eq!(cursors(&mut rx), vec![2, 3]);
     // A stream nobody follows is ignored.
     pump.offer(vec![(Uuid::now_v7(), event(1))]);

@@ -357,7 +357,10 @@ async fn a_lapsed_lease_is_rescued_and_the_stale_worker_changes_nothing() {
     )
     .await
     .expect("append");
-    assert!(appended.is_empty(), "a stale event was written: {appended:?}");
+    assert!(
+        appended.is_empty(),
+        "a stale event was written: {appended:?}"
+    );
     let (state, attempt, result): (String, i32, Value) =
         sqlx::query_as("SELECT state::text, attempt, result FROM jobs WHERE id = $1")
             .bind(id)

@@ -45,10 +45,7 @@ pub struct Appended {
 /// lease and gets its `seq`s from its own row, so seq order stays commit order per job. Returns
 /// every written event, ordered by job and seq; a job whose lease was not still its own has none
 /// (its events were not written).
-pub async fn append_batch(
-    pool: &PgPool,
-    batch: &[JobBatch],
-) -> Result<Vec<Appended>, sqlx::Error> {
+pub async fn append_batch(pool: &PgPool, batch: &[JobBatch]) -> Result<Vec<Appended>, sqlx::Error> {
     let mut job_ids = Vec::with_capacity(batch.len());
     let mut tokens = Vec::with_capacity(batch.len());
     let mut counts = Vec::with_capacity(batch.len());
