@@ -376,3 +376,62 @@ async fn without_sse_a_page_polls_the_same_fragments_by_cursor() {
     assert_eq!(bad.status(), 400, "a bad cursor is refused");
     w.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_text_is_shown_as_text_while_streaming_and_after() {
+    let hostile = r#"<img src=x onerror="window.__xss=1"> <script>window.__xss=2</script> done"#;
+    let fake = FakeLlm::start().await;
+    let slow = match Reply::text(hostile) {
+        Reply::Stream { chunks, usage, .. } => Reply::Stream {
+            chunks,
+            usage,
+            delay_ms: 150,
+        },
+        other => other,
+    };
+    fake.push_all([slow, Reply::text("A title")]);
+    let e = agent_env(&fake).await;
+    let s = e.serve(e.registry()).await;
+    let w = e.worker(e.registry(), fast_worker()).await;
+    let b = Browser::start().await;
+    let chat = new_chat(&b, &s).await;
+    say(&b, "say something hostile").await;
+    // Mid-stream (fragments appended by the live feed) ...
+    wait_for_text(
+        &b,
+        "#turns .msg-assistant > .text",
+        "<img",
+        Duration::from_secs(20),
+    )
+    .await;
+    let injected = |c: &Client| {
+        let c = c.clone();
+        async move {
+            let v = c
+                .execute(
+                    "return [typeof window.__xss, document.querySelectorAll('#turns img, #turns script').length]",
+                    vec![],
+                )
+                .await
+                .expect("script");
+            v.to_string()
+        }
+    };
+    assert_eq!(injected(&b).await, r#"["undefined",0]"#);
+    // ... after the turn (the stored transcript), and after a reload.
+    wait_for_text(
+        &b,
+        "#turns .msg-assistant > .text",
+        "done",
+        Duration::from_secs(20),
+    )
+    .await;
+    wait_for_text(&b, "#chat-controls", "Idle", WAIT).await;
+    b.goto(&s.url(&chat)).await.expect("reload");
+    let text = wait_for_text(&b, "#turns .msg-assistant > .text", "done", WAIT).await;
+    assert!(text.contains("<script>window.__xss=2</script>"), "{text}");
+    assert_eq!(injected(&b).await, r#"["undefined",0]"#);
+    screenshot(&b, "chat_escapes_model_text").await;
+    b.close().await;
+    w.shutdown(Duration::from_secs(1)).await;
+}
