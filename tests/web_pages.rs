@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::browser::{
     Browser, WAIT, screenshot, sign_in, text_of, wait_for, wait_for_text, wait_until,
