@@ -12,7 +12,8 @@ use sqlx::PgPool;
 use std::sync::Arc;
 
 use crate::agent::turn::{self, AgentDeps};
-use crate::api::{self, AgentCatalog, AppState, Limits};
+use crate::api::metrics::MetricsState;
+use crate::api::{self, AgentCatalog, ApiError, AppState, Limits};
 use crate::config::Settings;
 use crate::db::pool;
 use crate::events::Hub;
@@ -91,6 +92,7 @@ pub fn api_state(svc: &Services, registry: Registry, s: &Settings) -> AppState {
         limits: Limits {
             max_args_bytes: s.max_args_bytes,
         },
+        metrics_token: s.metrics_token.as_ref().map(|t| Arc::from(t.expose())),
     }
 }
 
@@ -102,22 +104,59 @@ pub async fn serve(
     bound: impl FnOnce(SocketAddr),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let listener = bind(listen).await?;
     bound(listener.local_addr()?);
-    // Streams send many small frames; Nagle's algorithm would hold each behind the last ACK.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
     let keys = web::Keys::load(&state.pool)
         .await
         .context("loading the web cookie key")?;
     let app = api::router(state.clone())
         .merge(web::router(state, keys))
         .layer(tower_http::trace::TraceLayer::new_for_http());
+    serve_on(listener, app, shutdown).await
+}
+
+/// Binds `listen` and serves only `GET /metrics` until `shutdown` resolves: the
+/// `metrics_listen` setting, and the only way to scrape a `spool worker`.
+pub async fn serve_metrics(
+    state: MetricsState,
+    listen: SocketAddr,
+    bound: impl FnOnce(SocketAddr),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = bind(listen).await?;
+    bound(listener.local_addr()?);
+    let app = api::metrics::router(state).fallback(|| async { ApiError::not_found("route") });
+    serve_on(listener, app, shutdown).await
+}
+
+/// The metrics endpoint's view of these services.
+pub fn metrics_state(svc: &Services, s: &Settings) -> MetricsState {
+    MetricsState {
+        pool: svc.pool.clone(),
+        hub: svc.hub.clone(),
+        token: s.metrics_token.as_ref().map(|t| Arc::from(t.expose())),
+    }
+}
+
+async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))
+}
+
+async fn serve_on(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // Streams send many small frames; Nagle's algorithm would hold each behind the last ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
+    // The peer address lets `/metrics` tell loopback scrapes from others.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

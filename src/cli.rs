@@ -8,8 +8,10 @@ use clap::{Args, Parser, Subcommand};
 use spool::app::{self, Services};
 use spool::config::{FileConfig, Overrides, Settings};
 use spool::db::embedded::{EmbeddedPostgres, LaunchOptions};
+use spool::logging;
 use spool::projects::{self, tokens};
 use spool::worker::WorkerRuntime;
+use tokio_util::sync::CancellationToken;
 
 /// Spool: durable, Postgres-backed jobs for AI-agent work.
 #[derive(Debug, Parser)]
@@ -103,10 +105,25 @@ pub struct Common {
     /// Share of the context window a prompt may fill before the session is compacted.
     #[arg(long, env = "SPOOL_COMPACTION_SHARE", global = true)]
     compaction_share: Option<f64>,
+    /// Bearer token `/metrics` requires; without one, only loopback may scrape.
+    #[arg(
+        long,
+        env = "SPOOL_METRICS_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    metrics_token: Option<String>,
+    /// Extra address serving only `/metrics` (the way to scrape `spool worker`).
+    #[arg(long, env = "SPOOL_METRICS_LISTEN", global = true)]
+    metrics_listen: Option<String>,
+    /// Log lines as `text` or `json`.
+    #[arg(long, env = "SPOOL_LOG_FORMAT", global = true)]
+    log_format: Option<String>,
 }
 
 impl Common {
-    /// Resolves flags/env over spool.toml over defaults.
+    /// Resolves flags/env over spool.toml over defaults, then starts logging in the format they
+    /// name (so the file's own warnings are written in that format too).
     pub fn settings(&self, dev: bool) -> anyhow::Result<Settings> {
         let data_dir = self
             .data_dir
@@ -114,6 +131,8 @@ impl Common {
             .unwrap_or_else(|| PathBuf::from(".spool"));
         let candidates = [PathBuf::from("spool.toml"), data_dir.join("spool.toml")];
         let file = FileConfig::load(self.config.as_deref(), &candidates)?;
+        let unknown = file.unknown_keys();
+        let path = file.path.clone().unwrap_or_default();
         let over = Overrides {
             database_url: self.database_url.clone(),
             data_dir: self.data_dir.clone(),
@@ -129,23 +148,27 @@ impl Common {
             retry_base_ms: self.retry_base_ms,
             retry_max_s: self.retry_max_s,
             compaction_share: self.compaction_share,
+            metrics_token: self.metrics_token.clone(),
+            metrics_listen: self.metrics_listen.clone(),
+            log_format: self.log_format.clone(),
         };
-        Ok(Settings::resolve(over, file)?)
+        let s = Settings::resolve(over, file)?;
+        logging::init(s.log_format);
+        for key in unknown {
+            tracing::warn!(%key, path = %path.display(), "unknown setting in config file; ignored");
+        }
+        Ok(s)
     }
 }
 
-/// Logs to stderr; `SPOOL_LOG_FORMAT=json` for JSON lines, `RUST_LOG` for the filter.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("SPOOL_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+/// Logging for commands without [`Common`] settings (`bench`): the format from
+/// `SPOOL_LOG_FORMAT`, text when unset or unknown.
+pub fn init_logging_from_env() {
+    let format = std::env::var("SPOOL_LOG_FORMAT")
+        .ok()
+        .and_then(|f| f.parse().ok())
+        .unwrap_or_default();
+    logging::init(format);
 }
 
 /// Runs the parsed command.
@@ -160,7 +183,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Bench(b) => crate::bench::run(b).await,
+        Command::Bench(b) => {
+            init_logging_from_env();
+            crate::bench::run(b).await
+        }
         Command::Token(TokenCommand::Create {
             project,
             scope,
@@ -253,9 +279,44 @@ async fn admin_token(svc: &Services, data_dir: &Path) -> anyhow::Result<String> 
     Ok(t.secret)
 }
 
+/// Serves `/metrics` on `metrics_listen` when it is set, until the returned token is cancelled.
+/// A port that cannot be bound fails the start rather than leaving the process unscrapeable.
+async fn metrics_listener(svc: &Services, s: &Settings) -> anyhow::Result<CancellationToken> {
+    let stop = CancellationToken::new();
+    let Some(addr) = s.metrics_listen else {
+        return Ok(stop);
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let until = stop.clone();
+    let task = tokio::spawn(app::serve_metrics(
+        app::metrics_state(svc, s),
+        addr,
+        move |a| {
+            let _ = tx.send(a);
+        },
+        async move { until.cancelled().await },
+    ));
+    match rx.await {
+        Ok(bound) => {
+            println!("metrics on http://{bound}/metrics");
+            tokio::spawn(async move {
+                if let Ok(Err(e)) = task.await {
+                    tracing::error!(error = %e, "metrics listener stopped");
+                }
+            });
+            Ok(stop)
+        }
+        Err(_) => match task.await {
+            Ok(Err(e)) => Err(e),
+            _ => bail!("the metrics listener on {addr} stopped before serving"),
+        },
+    }
+}
+
 async fn dev(s: Settings) -> anyhow::Result<()> {
     let (url, mut pg) = database(&s).await?;
     let svc = app::connect(&url, s.db_pool).await?;
+    let metrics = metrics_listener(&svc, &s).await?;
     let token = admin_token(&svc, &s.data_dir).await?;
     let link_code = match tokens::verify(&svc.pool, &token).await? {
         Some(p) => Some(
@@ -277,7 +338,7 @@ async fn dev(s: Settings) -> anyhow::Result<()> {
     )
     .await?;
     let state = app::api_state(&svc, registry, &s);
-    let stop = tokio_util::sync::CancellationToken::new();
+    let stop = CancellationToken::new();
     let stop_serving = stop.clone();
     let served = app::serve(
         state,
@@ -302,6 +363,7 @@ async fn dev(s: Settings) -> anyhow::Result<()> {
         }
     };
     runtime.shutdown(s.shutdown_grace).await;
+    metrics.cancel();
     svc.hub.stop();
     svc.pool.close().await;
     if let Some(pg) = pg.as_mut() {
@@ -314,17 +376,21 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
     let svc = app::connect(&require_url(&s)?, s.db_pool).await?;
     let registry = app::builtin_registry(&svc.pool, &s)?;
     let state = app::api_state(&svc, registry, &s);
-    app::serve(
+    let metrics = metrics_listener(&svc, &s).await?;
+    let served = app::serve(
         state,
         s.listen,
         |addr| println!("spool serve listening on http://{addr}"),
         shutdown_signal(),
     )
-    .await
+    .await;
+    metrics.cancel();
+    served
 }
 
 async fn worker(s: Settings) -> anyhow::Result<()> {
     let svc = app::connect(&require_url(&s)?, s.db_pool).await?;
+    let metrics = metrics_listener(&svc, &s).await?;
     let registry = app::builtin_registry(&svc.pool, &s)?;
     let runtime =
         WorkerRuntime::start(svc.pool.clone(), svc.hub.clone(), registry, s.worker()).await?;
@@ -332,6 +398,7 @@ async fn worker(s: Settings) -> anyhow::Result<()> {
     shutdown_signal().await;
     eprintln!("draining (grace {:?})…", s.shutdown_grace);
     runtime.shutdown(s.shutdown_grace).await;
+    metrics.cancel();
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::llm::config::Models;
+use crate::logging::LogFormat;
 use crate::queue::backoff::Backoff;
 use crate::tools::Workspace;
 use crate::worker::WorkerConfig;
@@ -21,6 +22,9 @@ pub struct FileConfig {
     /// warned about.
     #[serde(flatten)]
     pub other: toml::Table,
+    /// Where the file was read from, for messages.
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
 }
 
 /// Keys a `spool.toml` may hold besides the settings: sections later features read.
@@ -57,16 +61,44 @@ impl FileConfig {
             path: path.clone(),
             source,
         })?;
-        let cfg: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let mut cfg: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.clone(),
             source,
         })?;
-        for key in cfg.other.keys() {
-            if !Overrides::KEYS.contains(&key.as_str()) && !SECTIONS.contains(&key.as_str()) {
-                tracing::warn!(%key, path = %path.display(), "unknown setting in config file; ignored");
-            }
-        }
+        cfg.path = Some(path);
         Ok(cfg)
+    }
+
+    /// Keys that are neither settings nor known sections: the caller warns about them once
+    /// logging is set up (the file itself may choose the log format).
+    pub fn unknown_keys(&self) -> Vec<String> {
+        self.other
+            .keys()
+            .filter(|k| !Overrides::KEYS.contains(&k.as_str()) && !SECTIONS.contains(&k.as_str()))
+            .cloned()
+            .collect()
+    }
+}
+
+/// A configured secret: used, compared, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
     }
 }
 
@@ -91,6 +123,12 @@ pub struct Settings {
     pub workspaces: Vec<Workspace>,
     /// Share of a model's context window the last prompt may fill before compaction.
     pub compaction_share: f64,
+    /// Bearer token `/metrics` requires; without one, only loopback may scrape.
+    pub metrics_token: Option<Secret>,
+    /// Extra address serving only `/metrics` (how a `spool worker` is scraped).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Text or JSON lines on stderr.
+    pub log_format: LogFormat,
 }
 
 /// One layer of settings: the command line and environment (clap merges the two), or the file.
@@ -110,11 +148,14 @@ pub struct Overrides {
     pub retry_base_ms: Option<u64>,
     pub retry_max_s: Option<u64>,
     pub compaction_share: Option<f64>,
+    pub metrics_token: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub log_format: Option<String>,
 }
 
 impl Overrides {
     /// The setting names, as written in `spool.toml`.
-    pub const KEYS: [&str; 14] = [
+    pub const KEYS: [&str; 17] = [
         "compaction_share",
         "database_url",
         "data_dir",
@@ -129,6 +170,9 @@ impl Overrides {
         "http_allow_private",
         "retry_base_ms",
         "retry_max_s",
+        "metrics_token",
+        "metrics_listen",
+        "log_format",
     ];
 
     /// This layer, with gaps filled from `below`.
@@ -148,6 +192,9 @@ impl Overrides {
             retry_base_ms: self.retry_base_ms.or(below.retry_base_ms),
             retry_max_s: self.retry_max_s.or(below.retry_max_s),
             compaction_share: self.compaction_share.or(below.compaction_share),
+            metrics_token: self.metrics_token.or(below.metrics_token),
+            metrics_listen: self.metrics_listen.or(below.metrics_listen),
+            log_format: self.log_format.or(below.log_format),
         }
     }
 }
@@ -182,6 +229,20 @@ impl Settings {
                 message: "must be at least 1".into(),
             });
         }
+        let metrics_listen = match v.metrics_listen.filter(|l| !l.is_empty()) {
+            Some(raw) => Some(raw.parse().map_err(|e| ConfigError::Invalid {
+                key: "metrics_listen",
+                message: format!("`{raw}` is not host:port ({e})"),
+            })?),
+            None => None,
+        };
+        let log_format = match v.log_format {
+            Some(raw) => raw.parse().map_err(|message| ConfigError::Invalid {
+                key: "log_format",
+                message,
+            })?,
+            None => LogFormat::default(),
+        };
         Ok(Self {
             database_url: v.database_url.filter(|u| !u.is_empty()),
             data_dir: v.data_dir.unwrap_or_else(|| PathBuf::from(".spool")),
@@ -201,6 +262,14 @@ impl Settings {
             models,
             workspaces,
             compaction_share: v.compaction_share.unwrap_or(0.5).clamp(0.05, 0.95),
+            // An empty token (e.g. `SPOOL_METRICS_TOKEN=`) means none, not "any empty bearer".
+            metrics_token: v
+                .metrics_token
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .map(Secret),
+            metrics_listen,
+            log_format,
         })
     }
 
@@ -268,5 +337,46 @@ mod tests {
         assert!(err.to_string().contains("listen"), "{err}");
         let typed: Result<FileConfig, _> = toml::from_str("concurrency = \"many\"");
         assert!(typed.is_err());
+        let over = Overrides {
+            log_format: Some("yaml".into()),
+            ..Overrides::default()
+        };
+        let err = Settings::resolve(over, FileConfig::default()).expect_err("must fail");
+        assert!(err.to_string().contains("log_format"), "{err}");
+    }
+
+    #[test]
+    fn metrics_and_log_settings_layer_and_hide_the_token() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            metrics_token = "from-file"
+            log_format = "json"
+            metrics_listen = "127.0.0.1:9464"
+            "#,
+        )
+        .expect("parse");
+        assert!(file.unknown_keys().is_empty(), "{:?}", file.unknown_keys());
+        let over = Overrides {
+            metrics_token: Some("from-env".into()),
+            ..Overrides::default()
+        };
+        let s = Settings::resolve(over, file).expect("resolve");
+        assert_eq!(
+            s.metrics_token.as_ref().map(Secret::expose),
+            Some("from-env")
+        );
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.metrics_listen.map(|a| a.port()), Some(9464));
+        assert!(
+            !format!("{s:?}").contains("from-env"),
+            "the token is never printed"
+        );
+        let blank = Overrides {
+            metrics_token: Some("  ".into()),
+            ..Overrides::default()
+        };
+        let s = Settings::resolve(blank, FileConfig::default()).expect("resolve");
+        assert!(s.metrics_token.is_none());
+        assert_eq!(s.log_format, LogFormat::Text);
     }
 }

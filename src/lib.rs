@@ -12,10 +12,13 @@ pub mod db;
 pub mod events;
 pub mod kinds;
 pub mod llm;
+pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod projects;
 pub mod queue;
 pub mod tools;
+pub mod trace;
 pub mod web;
 pub mod worker;
 

@@ -8,6 +8,7 @@ pub mod compaction;
 pub mod history;
 pub mod saver;
 pub mod sessions;
+mod spans;
 pub mod store;
 pub mod title;
 pub mod transcript;

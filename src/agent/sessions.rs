@@ -30,6 +30,31 @@ pub enum Multitask {
     Rollback,
 }
 
+/// What a user sends: the input and how to treat a turn that is already running.
+#[derive(Debug, Clone)]
+pub struct NewTurn<'a> {
+    pub input: &'a Value,
+    /// Overrides the session's model for this turn.
+    pub model: Option<&'a str>,
+    pub multitask: Multitask,
+    pub idempotency_key: Option<String>,
+    /// The caller's trace, from `traceparent`.
+    pub trace: Option<crate::trace::TraceParent>,
+}
+
+impl<'a> NewTurn<'a> {
+    /// A turn with `input`, queued behind any running one.
+    pub fn new(input: &'a Value) -> Self {
+        Self {
+            input,
+            model: None,
+            multitask: Multitask::Enqueue,
+            idempotency_key: None,
+            trace: None,
+        }
+    }
+}
+
 /// A turn that was accepted.
 #[derive(Debug, Clone, Serialize)]
 pub struct SentTurn {
@@ -65,11 +90,15 @@ pub async fn send_turn(
     pool: &PgPool,
     project_id: Uuid,
     session_id: Uuid,
-    input: &Value,
-    model: Option<&str>,
-    multitask: Multitask,
-    idempotency_key: Option<String>,
+    turn: NewTurn<'_>,
 ) -> Result<SentTurn, SessionError> {
+    let NewTurn {
+        input,
+        model,
+        multitask,
+        idempotency_key,
+        trace,
+    } = turn;
     let key = turn_key(session_id);
     let mut job = NewJob::new(
         TURN_KIND,
@@ -78,6 +107,10 @@ pub async fn send_turn(
     job.concurrency_key = Some(key.clone());
     job.stream_id = Some(session_id);
     job.idempotency_key = idempotency_key;
+    if let Some(t) = trace {
+        job.trace_id = Some(t.trace_id);
+        job.parent_span_id = Some(t.span_id);
+    }
     job.max_attempts = Some(3);
     job.validate()?;
     let replay = match &job.idempotency_key {

@@ -31,6 +31,9 @@ pub async fn request(
     let mut job = NewJob::new(TITLE_KIND, json!({ "session_id": session_id }));
     job.idempotency_key = Some(format!("title:{session_id}"));
     job.parent_id = Some(ctx.id);
+    // The title job hangs under this attempt's span in the trace.
+    job.trace_id = Some(ctx.trace_id.clone());
+    job.parent_span_id = Some(ctx.span_id.clone());
     job.stream_id = Some(session_id);
     job.max_attempts = Some(2);
     let mut conn = deps.pool.acquire().await?;

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::spans;
 use super::compaction::{self, Policy};
 use super::saver::{Buffer, PartialSaver};
 use super::sessions::TURN_KIND;
@@ -238,6 +239,7 @@ async fn step(
             return Err(lost());
         }
         ctx.emit("message_started", json!({ "message_id": message_id, "round": round, "model": model.name, "retry": retries }));
+        let span = spans::llm_start(deps, ctx, session_id, model, round, retries).await?;
         let partial: Buffer = Arc::default();
         deps.saver.track(message_id, fence, Arc::clone(&partial));
         let started = Instant::now();
@@ -258,6 +260,7 @@ async fn step(
             .llm
             .stream(model, req, ctx.cancellation(), &mut on_event)
             .await;
+        spans::llm_end(&span, model, &result).await?;
         // Only rows still `streaming` take partial saves, so the final write below cannot be
         // overtaken by a late one.
         deps.saver.forget(message_id);
@@ -373,17 +376,22 @@ async fn run_tools(
     let mut running: FuturesUnordered<_> = calls
         .iter()
         .map(|call| async move {
+            let span =
+                spans::tool_start(deps, ctx, session_id, &call.id, &call.name, &call.arguments)
+                    .await?;
             let started = Instant::now();
             let out = tools::run(&call.name, &call.arguments, tool_ctx).await;
+            spans::tool_end(&span, &out).await?;
             let content = json!({
                 "tool_call_id": call.id, "name": call.name, "content": out.content, "is_error": out.is_error,
                 "truncated": out.truncated, "data": out.data, "duration_ms": started.elapsed().as_millis() as u64,
             });
             let stored = store::insert_tool_result(&deps.pool, fence, session_id, &call.id, &content).await;
-            (content, stored)
+            Ok::<_, JobError>((content, stored))
         })
         .collect();
-    while let Some((content, stored)) = running.next().await {
+    while let Some(done) = running.next().await {
+        let (content, stored) = done?;
         if !stored.map_err(db)? {
             return Err(lost());
         }

@@ -34,6 +34,15 @@ pub struct CreateJob {
     concurrency_key: Option<String>,
 }
 
+/// The caller's W3C trace context. An unparseable header is ignored and the job starts a new
+/// trace, as the trace-context spec asks of every participant.
+pub(super) fn traceparent(headers: &axum::http::HeaderMap) -> Option<crate::trace::TraceParent> {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::trace::TraceParent::parse)
+}
+
 /// Parses a job id from the path; a malformed id is a 404 like any unknown job.
 pub(super) fn job_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::not_found("job"))
@@ -80,6 +89,8 @@ impl CreateJob {
             concurrency_key: self.concurrency_key,
             parent_id: None,
             stream_id: None,
+            trace_id: None,
+            parent_span_id: None,
         };
         job.validate()
             .map_err(|e| ApiError::invalid_field(e.field, e.to_string()))?;
@@ -118,8 +129,13 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Write)?;
     let limit = state.limits.max_args_bytes + 64 * 1024;
+    let parent = traceparent(req.headers());
     let input: CreateJob = input::json(req.into_body(), limit).await?;
-    let job = input.into_new_job(&state)?;
+    let mut job = input.into_new_job(&state)?;
+    if let Some(p) = parent {
+        job.trace_id = Some(p.trace_id);
+        job.parent_span_id = Some(p.span_id);
+    }
     let mut conn = state.pool.acquire().await?;
     Ok(match enqueue(&mut conn, auth.0.project_id, &job).await? {
         Enqueued::Created(j) => (StatusCode::CREATED, Json(j)).into_response(),

@@ -1,4 +1,5 @@
-//! REST v1 over axum: jobs, their events (SSE or JSON), health and the OpenAPI document.
+//! REST v1 over axum: jobs, their events (SSE or JSON), health, the OpenAPI document, and the
+//! Prometheus scrape at `/metrics` (see [`metrics`]).
 //!
 //! Handlers parse and check input, then call the `queue` and `events` domains; they never write
 //! SQL. Every error is an [`ApiError`] with a JSON body, and a rejected request changes nothing.
@@ -9,7 +10,9 @@ mod events;
 mod health;
 mod input;
 mod jobs;
+pub mod metrics;
 mod sessions;
+mod traces;
 
 use std::sync::Arc;
 
@@ -34,6 +37,8 @@ pub struct AppState {
     /// Models and workspaces sessions may name.
     pub agent: Arc<AgentCatalog>,
     pub limits: Limits,
+    /// The bearer token `/metrics` requires; without one, only loopback may scrape.
+    pub metrics_token: Option<Arc<str>>,
 }
 
 /// What sessions may refer to.
@@ -58,8 +63,13 @@ impl Default for Limits {
     }
 }
 
-/// The API and health routes.
+/// The API, health and metrics routes.
 pub fn router(state: AppState) -> Router {
+    let metrics = metrics::router(metrics::MetricsState {
+        pool: state.pool.clone(),
+        hub: state.hub.clone(),
+        token: state.metrics_token.clone(),
+    });
     Router::new()
         .route("/api/v1/jobs", post(jobs::create).get(jobs::list))
         .route("/api/v1/jobs/{id}", get(jobs::get))
@@ -67,6 +77,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/retry", post(jobs::retry))
         .route("/api/v1/jobs/{id}/wait", get(jobs::wait))
         .route("/api/v1/jobs/{id}/events", get(events::job_events))
+        .route("/api/v1/jobs/{id}/trace", get(traces::of_job))
+        .route("/api/v1/traces/{trace_id}", get(traces::get))
         .route(
             "/api/v1/sessions",
             post(sessions::create).get(sessions::list),
@@ -79,9 +91,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/sessions/{id}/messages", get(sessions::messages))
         .route("/api/v1/sessions/{id}/events", get(sessions::events))
         .route("/api/v1/sessions/{id}/abort", post(sessions::abort))
+        .route("/api/v1/sessions/{id}/traces", get(traces::of_session))
         .route("/api/v1/openapi.json", get(health::openapi))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(health::not_found)
         .with_state(state)
+        .merge(metrics)
 }

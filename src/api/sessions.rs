@@ -17,7 +17,7 @@ use super::auth::Auth;
 use super::events::{EventsQuery, async_stream, cursor_from, wants_json};
 use super::input::{self, ValidQuery, bounded};
 use super::{ApiError, AppState};
-use crate::agent::sessions::{self, Multitask, SessionError};
+use crate::agent::sessions::{self, Multitask, NewTurn, SessionError};
 use crate::agent::store;
 use crate::events::log;
 use crate::projects::tokens::Scope;
@@ -214,6 +214,7 @@ pub async fn send(
 ) -> Result<Response, ApiError> {
     auth.require(Scope::Write)?;
     let id = session_id(&id)?;
+    let parent = super::jobs::traceparent(req.headers());
     let body: SendTurn = input::json(req.into_body(), MAX_INPUT_BYTES + 64 * 1024).await?;
     check_input(&body.input)?;
     if let Some(m) = &body.model
@@ -229,10 +230,13 @@ pub async fn send(
         &state.pool,
         auth.0.project_id,
         id,
-        &body.input,
-        body.model.as_deref(),
-        body.multitask,
-        body.idempotency_key,
+        NewTurn {
+            input: &body.input,
+            model: body.model.as_deref(),
+            multitask: body.multitask,
+            idempotency_key: body.idempotency_key,
+            trace: parent,
+        },
     )
     .await?;
     Ok((StatusCode::ACCEPTED, Json(sent)).into_response())

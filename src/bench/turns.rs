@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{Value, json};
-use spool::agent::sessions::{self, Multitask};
+use spool::agent::sessions::{self, NewTurn};
 use spool::agent::store;
 use spool::app;
 use spool::config::Settings;
@@ -273,9 +273,7 @@ async fn send_all(
             let (pool, id, input) = (pool.clone(), *id, json!(text));
             let job = jobs.get(i).cloned();
             tokio::spawn(async move {
-                let sent =
-                    sessions::send_turn(&pool, project, id, &input, None, Multitask::Enqueue, None)
-                        .await?;
+                let sent = sessions::send_turn(&pool, project, id, NewTurn::new(&input)).await?;
                 if let Some(job) = job {
                     let _ = job.set(sent.job_id);
                 }

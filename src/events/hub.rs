@@ -179,6 +179,20 @@ impl Hub {
         self.inner.topics.lock().map(|t| t.len()).unwrap_or(0)
     }
 
+    /// How many readers follow job topics (SSE streams, long polls), for metrics.
+    pub fn subscribers(&self) -> usize {
+        self.inner
+            .topics
+            .lock()
+            .map(|t| t.values().map(|tx| tx.receiver_count()).sum())
+            .unwrap_or(0)
+    }
+
+    /// Streams the pump follows and how many readers they have, for metrics.
+    pub fn followed_streams(&self) -> (usize, usize) {
+        self.inner.pump.followed()
+    }
+
     /// Stops the listener task.
     pub fn stop(&self) {
         self.inner.stop.cancel();

@@ -154,6 +154,19 @@ impl Pump {
         }
     }
 
+    /// Streams with live followers and how many followers they have, for metrics. Streams whose
+    /// last follower left but that the read loop has not dropped yet are not counted.
+    pub fn followed(&self) -> (usize, usize) {
+        let Ok(s) = self.inner.state.lock() else {
+            return (0, 0);
+        };
+        s.streams
+            .values()
+            .map(|f| f.tx.receiver_count())
+            .filter(|n| *n > 0)
+            .fold((0, 0), |(streams, readers), n| (streams + 1, readers + n))
+    }
+
     fn existing(&self, stream_id: Uuid) -> Option<broadcast::Receiver<Batch>> {
         let s = self.inner.state.lock().ok()?;
         s.streams.get(&stream_id).map(|f| f.tx.subscribe())

@@ -137,6 +137,7 @@ pub async fn call(
     args: &HttpArgs,
     secret: &[u8],
     policy: NetPolicy,
+    traceparent: Option<&str>,
     cancel: &CancellationToken,
 ) -> Result<Value, JobError> {
     let _ = client;
@@ -206,6 +207,11 @@ pub async fn call(
     let sig = signature(secret, chrono::Utc::now().timestamp(), &body);
     let sig = HeaderValue::from_str(&sig).map_err(|e| JobError::fail(format!("signature: {e}")))?;
     headers.insert(SIGNATURE_HEADER, sig);
+    // The callee joins this attempt's trace (a caller-set `traceparent` is replaced: the job's
+    // span is the honest parent of this call).
+    if let Some(tp) = traceparent.and_then(|t| HeaderValue::from_str(t).ok()) {
+        headers.insert(HeaderName::from_static("traceparent"), tp);
+    }
     let mut request = pinned.request(method, url.clone()).headers(headers);
     if !bodyless {
         request = request.body(body); // also gives an empty POST a `content-length: 0`

@@ -36,5 +36,14 @@ async fn run_http(deps: BuiltinDeps, ctx: JobContext) -> Result<Value, JobError>
     let secret = projects::signing_secret(&deps.pool, ctx.project_id)
         .await
         .map_err(|e| JobError::retry(format!("loading the signing secret failed: {e}")))?;
-    http::call(&deps.http, &args, &secret, deps.net, ctx.cancellation()).await
+    let traceparent = ctx.traceparent().header();
+    http::call(
+        &deps.http,
+        &args,
+        &secret,
+        deps.net,
+        Some(&traceparent),
+        ctx.cancellation(),
+    )
+    .await
 }

@@ -43,7 +43,7 @@ impl LlmClient {
         cancel: &CancellationToken,
         on_event: &mut (dyn FnMut(StreamEvent) + Send),
     ) -> Result<Completion, LlmError> {
-        match model.provider {
+        let result = match model.provider {
             Provider::OpenAi => {
                 openai::stream(&self.http, self.idle_timeout, model, req, cancel, on_event).await
             }
@@ -51,7 +51,12 @@ impl LlmClient {
             Provider::Anthropic => {
                 anthropic::stream(&self.http, self.idle_timeout, model, req, cancel, on_event).await
             }
+        };
+        // Every call of the process passes here (turns, compaction, titles): counted once.
+        if let Ok(c) = &result {
+            crate::metrics::record_llm(&model.name, &c.usage, model.cost(&c.usage));
         }
+        result
     }
 }
 

@@ -59,7 +59,18 @@ pub async fn claim(
             FROM (SELECT id FROM plain UNION ALL SELECT id FROM keyed) p
             WHERE j.id = p.id AND j.state = 'queued'
             RETURNING j.id, j.project_id, j.kind, j.args, j.attempt, j.max_attempts, j.timeout_s,
-                      j.lease_token, j.concurrency_key, j.last_seq, j.stream_id
+                      j.lease_token, j.concurrency_key, j.last_seq, j.stream_id, j.trace_id,
+                      j.parent_span_id, j.run_at,
+                      substr(md5(random()::text || j.id::text), 1, 16) AS span_id
+        ), span AS (
+            -- The attempt's span opens with the claim; the finish or a rescue closes it.
+            INSERT INTO spans (trace_id, span_id, parent_span_id, project_id, job_id, attempt,
+                               session_id, kind, name, attrs)
+            SELECT trace_id, span_id, parent_span_id, project_id, id, attempt, stream_id, 'job',
+                   kind, jsonb_build_object('spool.job.id', id, 'spool.job.kind', kind,
+                                            'spool.job.attempt', attempt,
+                                            'spool.worker.id', $4::text)
+            FROM claimed
         ), held AS (
             UPDATE job_keys k SET holder = c.id FROM claimed c
             WHERE c.concurrency_key IS NOT NULL
@@ -73,7 +84,8 @@ pub async fn claim(
         )
         SELECT id AS "id!", project_id AS "project_id!", kind AS "kind!", args AS "args!",
                attempt AS "attempt!", max_attempts AS "max_attempts!", timeout_s,
-               lease_token AS "lease_token!"
+               lease_token AS "lease_token!", trace_id AS "trace_id!", span_id AS "span_id!",
+               run_at AS "run_at!"
         FROM claimed
         "#,
         queue,
@@ -94,6 +106,9 @@ pub async fn claim(
             max_attempts: r.max_attempts,
             timeout_s: r.timeout_s,
             lease_token: r.lease_token,
+            trace_id: r.trace_id,
+            span_id: r.span_id,
+            run_at: r.run_at,
         })
         .collect())
 }
@@ -225,6 +240,17 @@ pub async fn finish(pool: &PgPool, batch: &[Finish]) -> Result<Vec<Uuid>, sqlx::
             WHERE d.concurrency_key IS NOT NULL
               AND k.project_id = d.project_id AND k.key = d.concurrency_key AND k.holder = d.id
             RETURNING d.queue
+        ), span_end AS (
+            UPDATE spans s SET
+                ended_at = now(),
+                status = CASE WHEN d.refund > 0 THEN 'abandoned'
+                              WHEN d.state = 'succeeded' THEN 'ok'
+                              WHEN d.state = 'cancelled' THEN 'cancelled'
+                              ELSE 'error' END,
+                attrs = s.attrs || jsonb_strip_nulls(jsonb_build_object(
+                    'spool.job.state', d.state, 'error.message', d.error->>'message'))
+            FROM done d
+            WHERE s.job_id = d.id AND s.kind = 'job' AND s.ended_at IS NULL
         ), wake_events AS (
             SELECT pg_notify('spool_events', string_agg(id::text, ','))
             FROM (SELECT id, (row_number() OVER ()) / 150 AS chunk FROM done) d GROUP BY chunk

@@ -139,6 +139,7 @@ pub async fn cancel(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Cancell
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
+    crate::metrics::count_cancel();
     Ok(if state == JobState::Running {
         Cancelled::Requested
     } else {

@@ -23,6 +23,11 @@ pub struct NewJob {
     pub parent_id: Option<Uuid>,
     /// An event stream (e.g. a chat session) that also numbers this job's events.
     pub stream_id: Option<Uuid>,
+    /// The trace to join (32 lowercase hex digits); without it the job inherits its parent's
+    /// trace, or starts a new one.
+    pub trace_id: Option<String>,
+    /// The span the job was created under (16 lowercase hex digits), e.g. from `traceparent`.
+    pub parent_span_id: Option<String>,
 }
 
 /// Whether enqueue made a new job or found one under the same idempotency key.
@@ -106,6 +111,24 @@ impl NewJob {
                 return Err(invalid(field, "must be 1–255 characters"));
             }
         }
+        let hex = |v: &str, n: usize| {
+            v.len() == n
+                && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                && v.bytes().any(|b| b != b'0')
+        };
+        if let Some(t) = &self.trace_id
+            && !hex(t, 32)
+        {
+            return Err(invalid("trace_id", "must be 32 lowercase hex digits, not all zero"));
+        }
+        if let Some(p) = &self.parent_span_id
+            && !hex(p, 16)
+        {
+            return Err(invalid("parent_span_id", "must be 16 lowercase hex digits, not all zero"));
+        }
+        if self.parent_span_id.is_some() && self.trace_id.is_none() {
+            return Err(invalid("trace_id", "a parent span needs its trace id"));
+        }
         Ok(())
     }
 }
@@ -126,12 +149,15 @@ pub async fn enqueue(
         Job,
         r#"
         WITH parent AS (
-            SELECT coalesce(root_id, id) AS root FROM jobs WHERE id = $11 AND project_id = $2
+            SELECT coalesce(root_id, id) AS root, trace_id FROM jobs WHERE id = $11 AND project_id = $2
         ), ins AS (
             INSERT INTO jobs (id, project_id, kind, queue, args, priority, run_at, max_attempts,
-                              timeout_s, idempotency_key, concurrency_key, parent_id, root_id, last_seq, stream_id)
+                              timeout_s, idempotency_key, concurrency_key, parent_id, root_id, last_seq,
+                              stream_id, trace_id, parent_span_id)
             SELECT $1, $2, $3, $4, $5, $6, coalesce($7, now()), coalesce($8, 5), $9, $10, $12, $11,
-                   coalesce((SELECT root FROM parent), $1), 1, $13
+                   coalesce((SELECT root FROM parent), $1), 1, $13,
+                   coalesce($14, (SELECT trace_id FROM parent), replace(gen_random_uuid()::text, '-', '')),
+                   $15
             WHERE $11::uuid IS NULL OR EXISTS (SELECT 1 FROM parent)
             ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING *
@@ -166,6 +192,8 @@ pub async fn enqueue(
         job.parent_id,
         job.concurrency_key,
         job.stream_id,
+        job.trace_id,
+        job.parent_span_id,
     )
     .fetch_optional(&mut *conn)
     .await?;

@@ -90,6 +90,11 @@ pub struct ClaimedJob {
     pub max_attempts: i32,
     pub timeout_s: Option<i32>,
     pub lease_token: Uuid,
+    /// The job's trace, and this attempt's span in it (opened by the claim).
+    pub trace_id: String,
+    pub span_id: String,
+    /// When the job became due: claim latency is measured from here.
+    pub run_at: DateTime<Utc>,
 }
 
 /// What a worker reports at the end of an attempt; applied in batches, fenced by the lease.

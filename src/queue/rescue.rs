@@ -52,6 +52,11 @@ pub async fn rescue_expired(
             UPDATE job_keys k SET holder = NULL FROM done d
             WHERE d.concurrency_key IS NOT NULL
               AND k.project_id = d.project_id AND k.key = d.concurrency_key AND k.holder = d.id
+        ), spans_abandoned AS (
+            -- The lapsed attempt's open spans (its job span, and any LLM or tool call it was in).
+            UPDATE spans s SET ended_at = now(), status = 'abandoned',
+                attrs = s.attrs || jsonb_build_object('error.message', 'worker stopped renewing the lease')
+            FROM done d WHERE s.job_id = d.id AND s.ended_at IS NULL
         )
         SELECT count(*) AS "n!" FROM done,
             LATERAL (SELECT pg_notify('spool_events', done.id::text)) n

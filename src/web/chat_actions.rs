@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::auth::User;
 use super::chats::{Composer, chat_id, chat_page, is_htmx, model_choices};
 use super::{WebError, WebState};
-use crate::agent::sessions::{self, Multitask, SessionError};
+use crate::agent::sessions::{self, Multitask, NewTurn, SessionError};
 use crate::queue::control;
 
 /// Largest message accepted from the composer, in bytes.
@@ -69,10 +69,11 @@ pub async fn send(
                 &state.app.pool,
                 user.project(),
                 id,
-                &input,
-                model.as_deref(),
-                mt,
-                None,
+                NewTurn {
+                    model: model.as_deref(),
+                    multitask: mt,
+                    ..NewTurn::new(&input)
+                },
             )
             .await
             {

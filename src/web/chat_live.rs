@@ -10,6 +10,7 @@ use serde_json::Value;
 use tokio::sync::broadcast::{self, error::RecvError};
 use uuid::Uuid;
 
+use super::chat_trace;
 use super::chat_view::{self, AssistantView, ItemView, Phase, ToolView, TurnView};
 use super::live::{Feed, Fragment};
 use super::view::escape;
@@ -235,9 +236,10 @@ impl ChatFeed {
                 .map(|(_, p)| p.clone())
         };
         let mut out = String::new();
+        let mut totals = None;
         if let Some(job) = &now.job {
             let phase = phase_of(job.id).unwrap_or(Phase::Done(job.state));
-            let view = match phase {
+            let mut view = match phase {
                 Phase::Running => {
                     let user = now.messages.iter().find(|m| m.role == "user");
                     chat_view::from_events(models, job.id, user, &now.events)
@@ -247,6 +249,15 @@ impl ChatFeed {
                     chat_view::from_messages(models, job.id, p, &refs, Some(job))
                 }
             };
+            // A finished turn gets its trace link and badge as on a fresh page, and the
+            // header's session totals move on.
+            let pool = &self.state.app.pool;
+            if matches!(view.phase, Phase::Done(_)) {
+                view.trace = chat_trace::for_turns(pool, self.project, self.session, &[job.id])
+                    .await?
+                    .remove(&job.id);
+                totals = Some(chat_trace::usage(pool, self.project, self.session, true).await?);
+            }
             let first = e.data.get("state").and_then(Value::as_str) == Some("queued") && e.seq == 1;
             let html = TurnTpl {
                 t: &view,
@@ -272,6 +283,7 @@ impl ChatFeed {
             }
         }
         out.push_str(&self.controls(&phases)?);
+        out.push_str(&totals.unwrap_or_default());
         Ok(out)
     }
 
@@ -298,6 +310,7 @@ fn empty_turn(id: Uuid) -> TurnView {
         items: Vec::new(),
         usage: None,
         note: None,
+        trace: None,
     }
 }
 

@@ -31,6 +31,8 @@ pub struct TurnView {
     pub usage: Option<String>,
     /// Why a turn failed, or that it was cancelled.
     pub note: Option<String>,
+    /// Once finished: its trace link and cache-hit badge (read from spans by the caller).
+    pub trace: Option<super::chat_trace::TurnTrace>,
 }
 
 /// A state badge: its CSS class and its symbol-and-word label.
@@ -225,6 +227,7 @@ pub fn from_messages(
         items: Vec::new(),
         usage: None,
         note: note_for(job),
+        trace: None,
     };
     let mut total = Usage::default();
     let mut model = None;
@@ -302,6 +305,7 @@ pub fn from_events(
         items: Vec::new(),
         usage: None,
         note: None,
+        trace: None,
     };
     for e in events {
         apply(models, &mut view, &e.kind, &e.data);

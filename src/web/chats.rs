@@ -16,7 +16,7 @@ use super::auth::User;
 use super::chat_live::{ChatFeed, ControlsTpl, TurnTpl, phases};
 use super::chat_view::{self, Phase};
 use super::view::{self, Layout};
-use super::{WebError, WebState, chat_actions, live};
+use super::{WebError, WebState, chat_actions, chat_trace, live};
 
 use crate::agent::{store, transcript};
 
@@ -191,6 +191,8 @@ struct ChatPage {
     layout: Layout,
     session: Uuid,
     title: String,
+    /// The session's totals (`chat_usage.html`, rendered).
+    usage: String,
     cursor: i64,
     turns: Vec<String>,
     controls: String,
@@ -210,7 +212,7 @@ pub(super) async fn chat_page(
         .ok_or(WebError::NotFound("chat"))?;
     let models = &state.app.agent.models;
     let phases = phases(&snap.active);
-    let mut turns = Vec::new();
+    let mut views = Vec::new();
     let mut i = 0;
     while i < snap.messages.len() {
         let turn = snap.messages[i].turn_id;
@@ -227,12 +229,27 @@ pub(super) async fn chat_page(
             .unwrap_or_else(|| {
                 Phase::Done(job.map_or(crate::queue::JobState::Succeeded, |j| j.state))
             });
-        let view = if phase == Phase::Running {
+        views.push(if phase == Phase::Running {
             let user_msg = msgs.iter().copied().find(|m| m.role == "user");
             chat_view::from_events(models, turn, user_msg, &snap.running_events)
         } else {
             chat_view::from_messages(models, turn, phase, &msgs, job)
-        };
+        });
+        i = j;
+    }
+    // Finished turns link to their traces, as the live feed renders a turn that finishes.
+    let done: Vec<Uuid> = views
+        .iter()
+        .filter(|v| matches!(v.phase, Phase::Done(_)))
+        .map(|v| v.id)
+        .collect();
+    let pool = &state.app.pool;
+    let mut traces = chat_trace::for_turns(pool, user.project(), id, &done).await?;
+    let mut turns = Vec::with_capacity(views.len());
+    for mut view in views {
+        if matches!(view.phase, Phase::Done(_)) {
+            view.trace = traces.remove(&view.id);
+        }
         turns.push(
             TurnTpl {
                 t: &view,
@@ -242,7 +259,6 @@ pub(super) async fn chat_page(
             }
             .render()?,
         );
-        i = j;
     }
     let controls = ControlsTpl {
         session: id,
@@ -263,10 +279,12 @@ pub(super) async fn chat_page(
         error,
     }
     .render()?;
+    let usage = chat_trace::usage(pool, user.project(), id, false).await?;
     Ok(ChatPage {
         layout: user.layout("chats"),
         session: id,
         title: snap.session.title.unwrap_or_else(|| "Untitled chat".into()),
+        usage,
         cursor: snap.cursor,
         turns,
         controls,

@@ -1,5 +1,5 @@
-//! The server-rendered pages: sign-in, overview, jobs, chats and workers, with askama templates,
-//! htmx and live fragments over SSE.
+//! The server-rendered pages: sign-in, overview, jobs, chats, workers and traces, with askama
+//! templates, htmx and live fragments over SSE.
 //!
 //! Owns routing, the browser session (a signed cookie) and CSRF checks, and turns domain values
 //! into HTML. It never writes SQL: reads and state changes go through `queue`, `events`, `agent`
@@ -9,12 +9,14 @@ mod assets;
 pub mod auth;
 mod chat_actions;
 mod chat_live;
+mod chat_trace;
 mod chat_view;
 mod chats;
 mod error;
 mod jobs;
 mod live;
 mod overview;
+mod traces;
 pub mod view;
 mod workers;
 
@@ -59,6 +61,7 @@ pub fn router(app: AppState, keys: Keys) -> Router {
         .merge(jobs::pages())
         .merge(chats::pages())
         .merge(workers::pages())
+        .merge(traces::pages())
         .merge(guarded)
         .layer(middleware::from_fn(error::security_headers))
         .with_state(state)

@@ -114,3 +114,59 @@ pub fn escape(s: &str) -> String {
     }
     out
 }
+
+/// A whole number with thousands separators: `12,345`.
+pub fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if n < 0 {
+        out.push('-');
+    }
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A cost in dollars, with the precision small LLM costs need: `$0.0031`.
+pub fn usd(cost: f64) -> String {
+    format!("${cost:.4}")
+}
+
+/// Cache-read tokens as a share of the prompt, for a badge whose word (`high`, `medium`,
+/// `low`) says what its colour reinforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheHit {
+    /// Whole percent, 0–100.
+    pub pct: u32,
+    /// `high` (≥ 60%), `medium` (30–59%) or `low` (< 30%); also the CSS class suffix.
+    pub level: &'static str,
+}
+
+impl CacheHit {
+    /// The share of `cache_read` in `input`; `None` when no input tokens were counted.
+    pub fn new(input: i64, cache_read: i64) -> Option<Self> {
+        // Some providers count cached tokens inside the input and others beside it; the larger
+        // is the prompt either way (as in the chat's usage line), so the share never passes 100%.
+        let prompt = input.max(cache_read);
+        if prompt <= 0 {
+            return None;
+        }
+        let pct = (cache_read.max(0) as f64 * 100.0 / prompt as f64).round() as u32;
+        // The level follows the shown number, so `60%` never reads "medium".
+        let level = match pct {
+            60.. => "high",
+            30..=59 => "medium",
+            _ => "low",
+        };
+        Some(Self { pct, level })
+    }
+
+    /// `cache hit 72% · high`.
+    pub fn label(&self) -> String {
+        format!("cache hit {}% · {}", self.pct, self.level)
+    }
+}

@@ -45,6 +45,7 @@ pub(crate) async fn run(
         loop {
             match claim::finish(&shared.pool, &batch).await {
                 Ok(applied) => {
+                    crate::metrics::count_written(&batch, &applied);
                     if applied.len() < batch.len() {
                         tracing::warn!(
                             stale = batch.len() - applied.len(),

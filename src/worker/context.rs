@@ -17,6 +17,9 @@ pub struct JobContext {
     pub attempt: i32,
     pub max_attempts: i32,
     pub(crate) lease_token: Uuid,
+    /// The job's trace, and this attempt's span in it.
+    pub trace_id: String,
+    pub span_id: String,
     pub(crate) cancel: CancellationToken,
     pub(crate) events: EventSink,
 }
@@ -48,6 +51,29 @@ impl JobContext {
     /// once the lease is lost.
     pub fn fence(&self) -> (Uuid, Uuid) {
         (self.id, self.lease_token)
+    }
+
+    /// Where this attempt's child spans hang, and the fence their writes carry; `session_id`
+    /// files them under a chat session too.
+    pub fn trace_scope(&self, session_id: Option<Uuid>) -> crate::trace::Scope {
+        crate::trace::Scope {
+            project_id: self.project_id,
+            job_id: self.id,
+            attempt: self.attempt,
+            session_id,
+            trace_id: self.trace_id.clone(),
+            span_id: self.span_id.clone(),
+            lease_token: self.lease_token,
+        }
+    }
+
+    /// This attempt's span as the `traceparent` of outbound calls.
+    pub fn traceparent(&self) -> crate::trace::TraceParent {
+        crate::trace::TraceParent {
+            trace_id: self.trace_id.clone(),
+            span_id: self.span_id.clone(),
+            sampled: true,
+        }
     }
 
     /// Whether the handler has been asked to stop.

@@ -10,6 +10,7 @@ pub mod backend;
 mod completer;
 pub mod context;
 pub mod error;
+mod observe;
 pub mod registry;
 pub mod runtime;
 mod service;

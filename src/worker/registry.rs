@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use serde_json::Value;
+use tracing::Instrument;
 
 use super::{JobContext, JobError};
 
@@ -23,8 +24,11 @@ where
     F: Fn(JobContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = HandlerResult> + Send + 'static,
 {
+    /// The attempt runs on a task of its own, which would not inherit the caller's span; it is
+    /// instrumented with the current one (the worker's `job` span) so the handler's log lines
+    /// carry `job_id`, `worker_id` and `trace_id`.
     fn run(&self, ctx: JobContext) -> BoxFuture<'static, HandlerResult> {
-        Box::pin(self(ctx))
+        Box::pin(self(ctx).in_current_span())
     }
 }
 

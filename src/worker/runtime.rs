@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::backend::{Claimed, SpoolBackend};
 use super::service::{JobService, Shared, Stop};
-use super::{Registry, completer};
+use super::{Registry, completer, observe};
 use crate::events::Hub;
+use crate::metrics;
 use crate::queue::backoff::Backoff;
 use crate::queue::{claim, rescue, workers};
 
@@ -145,8 +146,11 @@ impl WorkerRuntime {
 
         let worker = WorkerBuilder::new(shared.worker_id.as_str())
             .backend(SpoolBackend::new(claim_rx, shared.finishes.clone()))
-            .build(JobService {
-                shared: Arc::clone(&shared),
+            .build(observe::Observed {
+                inner: JobService {
+                    shared: Arc::clone(&shared),
+                },
+                worker_id: Arc::from(shared.worker_id.as_str()),
             });
         let stopped = stop_claiming.clone();
         let dispatch = tokio::spawn(async move {
@@ -253,7 +257,9 @@ async fn claim_loop(
             .await
             {
                 Ok(jobs) => {
+                    metrics::count_attempts(jobs.len() as u64);
                     for job in jobs {
+                        observe::record_claim(&job);
                         let Some(slot) = permit.split(1) else { break };
                         claimed += 1;
                         if tx.send(Claimed { job, slot }).await.is_err() {
@@ -352,7 +358,10 @@ async fn maintenance_loop(shared: Arc<Shared>, stop: CancellationToken) {
         }
         match rescue::rescue_expired(&shared.pool, shared.cfg.backoff, 1000).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(jobs = n, "rescued jobs with lapsed leases"),
+            Ok(n) => {
+                metrics::count_rescues(n);
+                tracing::info!(jobs = n, "rescued jobs with lapsed leases");
+            }
             Err(e) => tracing::warn!(error = %e, "rescue failed"),
         }
         let stale = (shared.cfg.lease * 3).max(Duration::from_secs(30));

@@ -120,6 +120,8 @@ async fn run_job(shared: Arc<Shared>, claimed: Claimed) {
         attempt: job.attempt,
         max_attempts: job.max_attempts,
         lease_token: job.lease_token,
+        trace_id: job.trace_id.clone(),
+        span_id: job.span_id.clone(),
         cancel: cancel.clone(),
         events: events.clone(),
     };

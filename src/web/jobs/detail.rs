@@ -37,6 +37,8 @@ struct JobPage {
     omitted: i64,
     tree: Tree,
     live_url: Option<String>,
+    /// The job's trace, once it has a span.
+    trace: Option<String>,
 }
 
 async fn load(state: &WebState, project: Uuid, id: Uuid) -> Result<Job, WebError> {
@@ -60,6 +62,7 @@ pub async fn page(
     let job = load(&state, user.project(), id).await?;
     let blocks = Blocks::build(pool, &job, &user.csrf).await?;
     let tree = Tree::load(pool, user.project(), id).await?;
+    let trace = crate::trace::store::started_trace_of_job(pool, user.project(), id).await?;
     let cursor = events.last().map_or(from, |e| e.seq);
     let now = Utc::now();
     let page = JobPage {
@@ -77,6 +80,7 @@ pub async fn page(
         omitted: from,
         tree,
         live_url: (!job.state.is_terminal()).then(|| format!("/jobs/{id}/live?after={cursor}")),
+        trace,
     };
     Ok(Html(page.render()?))
 }
