@@ -316,6 +316,8 @@ async fn metrics_listener(svc: &Services, s: &Settings) -> anyhow::Result<Cancel
 async fn dev(s: Settings) -> anyhow::Result<()> {
     let (url, mut pg) = database(&s).await?;
     let svc = app::connect(&url, s.db_pool).await?;
+    // Spans go out over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set; a bad setting stops here.
+    let otlp = spool::trace::otlp::Exporter::from_env(&svc.pool)?;
     let metrics = metrics_listener(&svc, &s).await?;
     let token = admin_token(&svc, &s.data_dir).await?;
     let link_code = match tokens::verify(&svc.pool, &token).await? {
@@ -363,6 +365,10 @@ async fn dev(s: Settings) -> anyhow::Result<()> {
         }
     };
     runtime.shutdown(s.shutdown_grace).await;
+    // After the drain, so the spans it closed go out in the final flush.
+    if let Some(otlp) = otlp {
+        otlp.shutdown().await;
+    }
     metrics.cancel();
     svc.hub.stop();
     svc.pool.close().await;
@@ -390,6 +396,7 @@ async fn serve(s: Settings) -> anyhow::Result<()> {
 
 async fn worker(s: Settings) -> anyhow::Result<()> {
     let svc = app::connect(&require_url(&s)?, s.db_pool).await?;
+    let otlp = spool::trace::otlp::Exporter::from_env(&svc.pool)?;
     let metrics = metrics_listener(&svc, &s).await?;
     let registry = app::builtin_registry(&svc.pool, &s)?;
     let runtime =
@@ -398,6 +405,10 @@ async fn worker(s: Settings) -> anyhow::Result<()> {
     shutdown_signal().await;
     eprintln!("draining (grace {:?})…", s.shutdown_grace);
     runtime.shutdown(s.shutdown_grace).await;
+    // After the drain, so the spans it closed go out in the final flush.
+    if let Some(otlp) = otlp {
+        otlp.shutdown().await;
+    }
     metrics.cancel();
     Ok(())
 }

@@ -62,7 +62,11 @@ async fn a_turn_with_a_tool_round_makes_the_expected_tree() {
     let kids = job["children"].as_array().expect("children");
     let kinds: Vec<&str> = kids.iter().filter_map(|k| k["kind"].as_str()).collect();
     // Three model calls, two tool calls, then the session's title job, a child job.
-    assert_eq!(kinds, ["llm", "tool", "llm", "tool", "llm", "job"], "{trace}");
+    assert_eq!(
+        kinds,
+        ["llm", "tool", "llm", "tool", "llm", "job"],
+        "{trace}"
+    );
     assert_eq!(kids[5]["name"], "agent.title");
     let mut all = Vec::new();
     flatten(roots, &mut all);
@@ -79,7 +83,11 @@ async fn a_turn_with_a_tool_round_makes_the_expected_tree() {
     assert_eq!(llm[0]["attrs"]["gen_ai.operation.name"], "chat");
     let last = &llm[2]["attrs"];
     assert_eq!(last["gen_ai.usage.input_tokens"], 10);
-    assert!(last["gen_ai.usage.output_tokens"].as_u64().is_some_and(|n| n > 0));
+    assert!(
+        last["gen_ai.usage.output_tokens"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+    );
     assert!(last["gen_ai.response.finish_reasons"].is_array());
     let tools: Vec<&Value> = kids.iter().filter(|k| k["kind"] == "tool").collect();
     assert_eq!(tools[0]["attrs"]["gen_ai.tool.name"], "list_dir");
@@ -117,7 +125,10 @@ async fn traceparent_joins_the_callers_trace_and_bad_ids_are_refused() {
     let (st, t) = s.get(&format!("/api/v1/traces/{trace}")).await;
     assert_eq!(st, 200, "{t}");
     let root = &t["spans"][0];
-    assert_eq!(root["parent_span_id"], parent, "the job span hangs under the caller's span");
+    assert_eq!(
+        root["parent_span_id"], parent,
+        "the job span hangs under the caller's span"
+    );
     assert_eq!(root["job_id"], id.to_string());
     assert_eq!(root["status"], "ok");
 
@@ -140,13 +151,18 @@ async fn traceparent_joins_the_callers_trace_and_bad_ids_are_refused() {
     let (st, b) = s.get("/api/v1/traces/not-a-trace").await;
     assert_eq!(st, 400, "{b}");
     assert_eq!(b["error"]["field"], "trace_id");
-    let (st, _) = s.get("/api/v1/traces/0123456789abcdef0123456789abcdef").await;
+    let (st, _) = s
+        .get("/api/v1/traces/0123456789abcdef0123456789abcdef")
+        .await;
     assert_eq!(st, 404);
     // Another project's trace is a 404 as well.
-    let p2 = spool::projects::ensure(&e.svc.pool, "other").await.expect("project");
-    let t2 = spool::projects::tokens::create(&e.svc.pool, p2.id, spool::projects::tokens::Scope::Read)
+    let p2 = spool::projects::ensure(&e.svc.pool, "other")
         .await
-        .expect("token");
+        .expect("project");
+    let t2 =
+        spool::projects::tokens::create(&e.svc.pool, p2.id, spool::projects::tokens::Scope::Read)
+            .await
+            .expect("token");
     let r = s
         .http
         .get(s.url(&format!("/api/v1/traces/{trace}")))
@@ -163,9 +179,15 @@ async fn a_lapsed_attempt_leaves_an_abandoned_span_and_the_retry_a_complete_one(
     let s = e.serve(e.registry()).await;
     let id = s.enqueue("noop", json!({})).await;
     // A worker that "crashes": it claims with a 1 s lease and never renews or finishes.
-    let stale = claim::claim(&e.svc.pool, "default", "crashed", 10, Duration::from_secs(1))
-        .await
-        .expect("claim");
+    let stale = claim::claim(
+        &e.svc.pool,
+        "default",
+        "crashed",
+        10,
+        Duration::from_secs(1),
+    )
+    .await
+    .expect("claim");
     assert_eq!(stale.len(), 1);
     let cfg = WorkerConfig {
         rescue_interval: Duration::from_millis(200),

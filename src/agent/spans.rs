@@ -42,10 +42,17 @@ pub async fn llm_start(
         "spool.retry": retry,
     });
     let name = format!("chat {}", model.wire_model());
-    Span::start(&deps.pool, &ctx.trace_scope(Some(session_id)), None, "llm", &name, attrs)
-        .await
-        .map_err(db)?
-        .ok_or_else(lost)
+    Span::start(
+        &deps.pool,
+        &ctx.trace_scope(Some(session_id)),
+        None,
+        "llm",
+        &name,
+        attrs,
+    )
+    .await
+    .map_err(db)?
+    .ok_or_else(lost)
 }
 
 /// The GenAI usage attributes of a call.
@@ -123,7 +130,11 @@ pub async fn tool_start(
 /// Ends a tool call's span with its (truncated) output.
 pub async fn tool_end(span: &Span, out: &ToolOutput) -> Result<(), JobError> {
     let (text, cut) = truncate(&out.content, MAX_ATTR_BYTES);
-    let status = if out.is_error { Status::Error } else { Status::Ok };
+    let status = if out.is_error {
+        Status::Error
+    } else {
+        Status::Ok
+    };
     let attrs = json!({
         "gen_ai.tool.call.result": text,
         "spool.result_truncated": cut || out.truncated,

@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::spans;
 use super::compaction::{self, Policy};
 use super::saver::{Buffer, PartialSaver};
 use super::sessions::TURN_KIND;
+use super::spans;
 use super::store;
 use super::{history, title};
 use crate::llm::config::{ModelConfig, Models};

@@ -43,7 +43,10 @@ fn tree(spans: Vec<SpanRow>) -> Vec<Node> {
 }
 
 fn valid_trace_id(raw: &str) -> Result<&str, ApiError> {
-    let ok = raw.len() == 32 && raw.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let ok = raw.len() == 32
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if ok {
         Ok(raw)
     } else {

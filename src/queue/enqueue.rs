@@ -113,18 +113,25 @@ impl NewJob {
         }
         let hex = |v: &str, n: usize| {
             v.len() == n
-                && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                && v.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
                 && v.bytes().any(|b| b != b'0')
         };
         if let Some(t) = &self.trace_id
             && !hex(t, 32)
         {
-            return Err(invalid("trace_id", "must be 32 lowercase hex digits, not all zero"));
+            return Err(invalid(
+                "trace_id",
+                "must be 32 lowercase hex digits, not all zero",
+            ));
         }
         if let Some(p) = &self.parent_span_id
             && !hex(p, 16)
         {
-            return Err(invalid("parent_span_id", "must be 16 lowercase hex digits, not all zero"));
+            return Err(invalid(
+                "parent_span_id",
+                "must be 16 lowercase hex digits, not all zero",
+            ));
         }
         if self.parent_span_id.is_some() && self.trace_id.is_none() {
             return Err(invalid("trace_id", "a parent span needs its trace id"));

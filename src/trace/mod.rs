@@ -7,6 +7,8 @@
 //! the reads. It knows nothing about agents: callers name the kind and pass the attributes, using
 //! the OpenTelemetry GenAI names where they exist.
 
+pub mod export;
+pub mod otlp;
 pub mod store;
 
 use serde_json::Value;
@@ -23,7 +25,8 @@ pub struct TraceParent {
 
 fn is_hex(v: &str, n: usize) -> bool {
     v.len() == n
-        && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && v.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         && v.bytes().any(|b| b != b'0')
 }
 

@@ -42,7 +42,11 @@ pub(crate) fn record_claim(job: &ClaimedJob) {
 /// Later attempts (ready again after a backoff) are not measured rather than measured wrong.
 fn claim_latency(job: &ClaimedJob) -> Option<Duration> {
     // Another host's clock may run ahead: count that as no wait.
-    Some((chrono::Utc::now() - job.run_at).to_std().unwrap_or_default())
+    Some(
+        (chrono::Utc::now() - job.run_at)
+            .to_std()
+            .unwrap_or_default(),
+    )
 }
 
 /// The job service wrapped with the span and the duration histogram.
