@@ -613,6 +613,45 @@ async fn a_worker_killed_after_round_one_resumes_without_rerunning_tools() {
         "the dead attempt's partial text was kept"
     );
     assert_eq!(turn_requests(&fake).len(), 3);
+
+    // The trace: the killed attempt's open spans are marked abandoned, what it had finished
+    // stays ok, and the retried attempt's spans are complete.
+    let (st, trace) = s.get(&format!("/api/v1/jobs/{turn_id}/trace")).await;
+    assert_eq!(st, 200, "{trace}");
+    let mut spans = Vec::new();
+    let mut stack: Vec<Value> = trace["spans"].as_array().cloned().unwrap_or_default();
+    while let Some(n) = stack.pop() {
+        stack.extend(n["children"].as_array().cloned().unwrap_or_default());
+        spans.push(n);
+    }
+    let of_turn = |attempt: i64, kind: &str| -> Vec<String> {
+        let mut v: Vec<String> = spans
+            .iter()
+            .filter(|s| {
+                s["job_id"] == turn_id.to_string() && s["attempt"] == attempt && s["kind"] == kind
+            })
+            .map(|s| s["status"].as_str().unwrap_or("?").to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(of_turn(1, "job"), ["abandoned"]);
+    assert_eq!(
+        of_turn(1, "llm"),
+        ["abandoned", "ok"],
+        "round 1 ended, round 2 was cut off"
+    );
+    assert_eq!(of_turn(1, "tool"), ["ok"]);
+    assert_eq!(of_turn(2, "job"), ["ok"]);
+    assert_eq!(of_turn(2, "llm"), ["ok"]);
+    assert!(
+        of_turn(2, "tool").is_empty(),
+        "the finished tool call is not run again"
+    );
+    assert!(
+        spans.iter().all(|s| s["ended_at"].is_string()),
+        "no span is left open"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

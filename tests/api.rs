@@ -317,7 +317,8 @@ async fn http_kind_signs_requests_honours_retry_after_and_fails_4xx_without_retr
     let secret = spool::projects::signing_secret(&e.svc.pool, e.project)
         .await
         .expect("secret");
-    let calls: Arc<Mutex<Vec<(std::time::Instant, bool)>>> = Arc::default();
+    type Call = (std::time::Instant, bool, Option<String>);
+    let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
     let seen = Arc::clone(&calls);
     let target = axum::Router::new()
         .route(
@@ -336,9 +337,13 @@ async fn http_kind_signs_requests_honours_retry_after_and_fails_4xx_without_retr
                         .and_then(|t| t.parse().ok())
                         .unwrap_or(0);
                     let valid = sig == spool::kinds::http::signature(&secret, t, &body);
+                    let traceparent = headers
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
                     let n = {
                         let mut calls = seen.lock().expect("lock");
-                        calls.push((std::time::Instant::now(), valid));
+                        calls.push((std::time::Instant::now(), valid, traceparent));
                         calls.len()
                     };
                     if n == 1 {
@@ -397,6 +402,21 @@ async fn http_kind_signs_requests_honours_retry_after_and_fails_4xx_without_retr
         calls[1].0 - calls[0].0 >= Duration::from_millis(950),
         "Retry-After was not honoured"
     );
+    // Each attempt's call carries that attempt's span as its `traceparent`.
+    let (st, trace) = s.get(&format!("/api/v1/jobs/{ok}/trace")).await;
+    assert_eq!(st, 200, "{trace}");
+    for (i, call) in calls.iter().enumerate() {
+        let span = trace["spans"]
+            .as_array()
+            .and_then(|v| v.iter().find(|s| s["attempt"] == i as i64 + 1))
+            .unwrap_or_else(|| panic!("no span for attempt {}: {trace}", i + 1));
+        let want = format!(
+            "00-{}-{}-01",
+            trace["trace_id"].as_str().expect("trace id"),
+            span["span_id"].as_str().expect("span id")
+        );
+        assert_eq!(call.2.as_deref(), Some(want.as_str()), "attempt {}", i + 1);
+    }
     assert_eq!(bad_job["state"], "failed", "{bad_job}");
     assert_eq!(bad_job["attempt"], 1, "a 404 must not be retried");
     assert!(
