@@ -392,7 +392,7 @@ async fn http_kind_signs_requests_honours_retry_after_and_fails_4xx_without_retr
     assert_eq!(ok_job["attempt"], 2);
     assert_eq!(ok_job["result"]["status"], 200);
     assert_eq!(ok_job["result"]["body"], json!({ "order": 42 }));
-    let calls = calls.lock().expect("lock");
+    let calls = calls.lock().expect("lock").clone();
     assert_eq!(calls.len(), 2);
     assert!(
         calls.iter().all(|c| c.1),
