@@ -26,7 +26,7 @@ pub struct Pending {
     pub attrs: Value,
 }
 
-/// Locks and returns up to `limit` ended, unexported spans that ended within `max_age`, oldest
+/// Locks and returns up to `limit` ended, unexported spans that started within `max_age`, oldest
 /// first. Rows another transaction holds are skipped, so concurrent exporters split the work;
 /// the locks last until the caller's transaction ends.
 pub async fn claim(
@@ -41,9 +41,9 @@ pub async fn claim(
         r#"SELECT trace_id, span_id, parent_span_id, project_id, job_id, attempt, session_id,
                   kind, name, started_at, ended_at AS "ended_at!", status, attrs
            FROM spans
-           WHERE ended_at IS NOT NULL AND exported_at IS NULL
-             AND ended_at > now() - make_interval(secs => $2)
-           ORDER BY ended_at
+           WHERE exported_at IS NULL AND ended_at IS NOT NULL
+             AND started_at > now() - make_interval(secs => $2)
+           ORDER BY started_at
            LIMIT $1
            FOR UPDATE SKIP LOCKED"#,
         limit,
@@ -75,8 +75,8 @@ pub async fn mark_exported(
 pub async fn backlog(pool: &PgPool, max_age: Duration) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar!(
         r#"SELECT count(*) AS "n!" FROM spans
-           WHERE ended_at IS NOT NULL AND exported_at IS NULL
-             AND ended_at > now() - make_interval(secs => $1)"#,
+           WHERE exported_at IS NULL AND ended_at IS NOT NULL
+             AND started_at > now() - make_interval(secs => $1)"#,
         max_age.as_secs_f64(),
     )
     .fetch_one(pool)

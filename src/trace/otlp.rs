@@ -9,7 +9,7 @@
 //! send is what keeps two processes from exporting the same span; a crash between the
 //! collector's answer and the commit means the batch is sent again (at least once, never lost).
 //! A failed send rolls the batch back for the next round and backs off up to `max_backoff`;
-//! only spans that ended more than `max_age` ago are passed over (they stay in Postgres).
+//! only spans that started more than `max_age` ago are passed over (they stay in Postgres).
 //! A batch the collector refuses as such (400, 413) is halved until the refused span stands
 //! alone; that one is settled unsent, as the OTLP spec asks, so it cannot wedge the queue.
 //! Nothing on the job path waits for this task: ended spans are never written again, so its
@@ -51,7 +51,7 @@ pub struct OtlpConfig {
     pub timeout: Duration,
     /// The longest pause after repeated failures.
     pub max_backoff: Duration,
-    /// Spans that ended longer ago than this are not exported, so turning export on does not
+    /// Spans that started longer ago than this are not exported, so turning export on does not
     /// replay the whole history (they stay in Postgres and the trace API).
     pub max_age: Duration,
 }
