@@ -19,7 +19,6 @@ use crate::queue::ClaimedJob;
 
 /// The span one attempt runs in. Its fields are what JSON log lines carry while the job runs.
 pub(crate) fn job_span(job: &ClaimedJob, worker_id: &str) -> tracing::Span {
-    // `trace_id` stays empty until the claim returns the job's trace (see the module's callers).
     tracing::info_span!(
         "job",
         job_id = %job.id,
