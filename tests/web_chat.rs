@@ -200,29 +200,6 @@ async fn reloading_mid_stream_ends_with_the_uninterrupted_transcript() {
     w.shutdown(Duration::from_secs(1)).await;
 }
 
-/// Signs in over HTTP and returns the `Cookie` header a browser would send.
-async fn cookie_for(s: &common::Server) -> String {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
-    let r = http
-        .post(s.url("/login"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        // Tokens are URL-safe base64, so they need no escaping here.
-        .body(format!("token={}&next=%2F", s.token))
-        .send()
-        .await
-        .expect("login");
-    assert_eq!(r.status(), 303, "signing in redirects");
-    let set = r
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .expect("a session cookie");
-    set.split(';').next().expect("cookie pair").to_owned()
-}
-
 /// The reply text a chat page's live feed appended, read until `until` shows up.
 async fn read_live(res: reqwest::Response, until: &str) -> String {
     use futures::StreamExt;
@@ -249,7 +226,9 @@ async fn five_hundred_open_chat_pages_share_a_pool_of_twenty() {
     let e = agent_env(&fake).await;
     assert_eq!(e.svc.pool.options().get_max_connections(), 20);
     let s = e.serve(e.registry()).await;
-    let cookie = cookie_for(&s).await;
+    let cookie = common::web::WebSession::start(&s, &s.token)
+        .await
+        .cookie_header();
     let (st, body) = s.post("/api/v1/sessions", serde_json::json!({})).await;
     assert_eq!(st, 201, "{body}");
     let chat = body["id"].as_str().expect("session id").to_owned();
@@ -300,7 +279,9 @@ async fn without_sse_a_page_polls_the_same_fragments_by_cursor() {
     let e = agent_env(&fake).await;
     let s = e.serve(e.registry()).await;
     let w = e.worker(e.registry(), fast_worker()).await;
-    let cookie = cookie_for(&s).await;
+    let cookie = common::web::WebSession::start(&s, &s.token)
+        .await
+        .cookie_header();
     let (st, body) = s.post("/api/v1/sessions", serde_json::json!({})).await;
     assert_eq!(st, 201, "{body}");
     let chat = body["id"].as_str().expect("session id").to_owned();

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::browser::{Browser, WAIT, screenshot, sign_in, text_of, wait_for, wait_until};
+use common::web::WebSession as Session;
 use common::{Server, env, eventually, fast_worker};
 use serde_json::{Value, json};
 use spool::projects::{self, tokens};
@@ -30,73 +31,6 @@ const STATES: [&str; 6] = [
 // ---------------------------------------------------------------------------------------------
 // HTTP helpers
 // ---------------------------------------------------------------------------------------------
-
-/// A signed-in web session over plain HTTP: the `spool_session` cookie and a client.
-struct Session {
-    http: reqwest::Client,
-    cookie: String,
-    base: String,
-}
-
-impl Session {
-    /// Signs in by posting `token` to `/login` and keeps the session cookie.
-    async fn start(s: &Server, token: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("client");
-        let body = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("token", token)
-            .append_pair("next", "/")
-            .finish();
-        let r = http
-            .post(s.url("/login"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .expect("POST /login");
-        assert_eq!(r.status().as_u16(), 303, "sign-in redirects");
-        let cookie = r
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|c| c.strip_prefix("spool_session="))
-            .and_then(|c| c.split(';').next())
-            .expect("a spool_session cookie")
-            .to_owned();
-        Self {
-            http,
-            cookie,
-            base: format!("http://{}", s.addr),
-        }
-    }
-
-    /// GETs a page that must answer 200 and returns its HTML.
-    async fn page(&self, path: &str) -> String {
-        self.page_with(path, &[]).await
-    }
-
-    /// [`Self::page`] with extra request headers.
-    async fn page_with(&self, path: &str, headers: &[(&str, &str)]) -> String {
-        let mut req = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header("cookie", format!("spool_session={}", self.cookie));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let r = req
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        let status = r.status().as_u16();
-        let body = r.text().await.unwrap_or_default();
-        assert_eq!(status, 200, "GET {path}: {body}");
-        body
-    }
-}
 
 /// POSTs a job to `/api/v1/jobs` with `token` and returns its id.
 async fn enqueue_as(s: &Server, token: &str, body: Value) -> Uuid {

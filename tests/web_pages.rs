@@ -10,7 +10,8 @@ use std::time::Duration;
 use common::browser::{
     Browser, WAIT, screenshot, sign_in, text_of, wait_for, wait_for_text, wait_until,
 };
-use common::{Server, env, fast_worker};
+use common::web::WebSession as Session;
+use common::{env, fast_worker};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use spool::projects::{self, tokens};
@@ -18,107 +19,12 @@ use spool::queue::{NewJob, enqueue};
 use spool::worker::{JobContext, JobError, Registry};
 use uuid::Uuid;
 
-/// A signed-in browser without a browser: the session cookie and a client that shows redirects.
-struct Session {
-    http: reqwest::Client,
-    cookie: String,
-    base: String,
-}
-
-/// An HTTP answer: status, `Location` and body.
-struct Answer {
-    status: u16,
-    location: String,
-    body: String,
-}
-
 impl Session {
-    /// Signs in by posting `token` to `/login` and keeps the `spool_session` cookie.
-    async fn start(s: &Server, token: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("client");
-        let body = form(&[("token", token), ("next", "/jobs")]);
-        let r = http
-            .post(s.url("/login"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .expect("POST /login");
-        assert_eq!(r.status().as_u16(), 303, "sign-in redirects");
-        let cookie = r
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|c| c.strip_prefix("spool_session="))
-            .and_then(|c| c.split(';').next())
-            .expect("session cookie")
-            .to_owned();
-        Self {
-            http,
-            cookie,
-            base: format!("http://{}", s.addr),
-        }
-    }
-
-    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base))
-            .header("cookie", format!("spool_session={}", self.cookie))
-    }
-
-    async fn answer(r: reqwest::RequestBuilder) -> Answer {
-        let r = r.send().await.expect("send");
-        let status = r.status().as_u16();
-        let location = r
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        Answer {
-            status,
-            location,
-            body: r.text().await.unwrap_or_default(),
-        }
-    }
-
-    async fn get(&self, path: &str) -> Answer {
-        Self::answer(self.req(reqwest::Method::GET, path)).await
-    }
-
-    /// GETs a page that must answer 200 and returns its HTML.
-    async fn page(&self, path: &str) -> String {
-        let a = self.get(path).await;
-        assert_eq!(a.status, 200, "GET {path}: {}", a.body);
-        a.body
-    }
-
-    async fn post(&self, path: &str, pairs: &[(&str, &str)]) -> Answer {
-        Self::answer(
-            self.req(reqwest::Method::POST, path)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(form(pairs)),
-        )
-        .await
-    }
-
     /// The CSRF token from any page's hidden `_csrf` input.
     async fn csrf(&self) -> String {
         let html = self.page("/jobs").await;
         attr_after(&html, "name=\"_csrf\" value=\"").expect("a _csrf input")
     }
-}
-
-fn form(pairs: &[(&str, &str)]) -> String {
-    let mut s = url::form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs {
-        s.append_pair(k, v);
-    }
-    s.finish()
 }
 
 /// The text after `marker` up to the next `"`.

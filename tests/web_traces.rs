@@ -12,94 +12,11 @@ use std::time::Duration;
 use common::browser::{Browser, WAIT, screenshot, sign_in, wait_for_text, wait_until};
 use common::chat::{agent_env, slow_text};
 use common::fake_llm::{Chunk, FakeLlm, Reply};
+use common::web::WebSession as Web;
 use common::{Server, eventually, fast_worker};
 use fantoccini::Locator;
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-/// A signed-in browser session without a browser: the cookie, and a client that shows redirects.
-struct Web {
-    http: reqwest::Client,
-    cookie: String,
-    base: String,
-}
-
-/// An HTTP answer: status, the `Spool-Done` header and the body.
-struct Answer {
-    status: u16,
-    done: bool,
-    body: String,
-}
-
-impl Web {
-    /// Signs in by posting `token` to `/login`.
-    async fn sign_in(s: &Server, token: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("client");
-        let body: String = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("token", token)
-            .append_pair("next", "/")
-            .finish();
-        let r = http
-            .post(s.url("/login"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .expect("POST /login");
-        assert_eq!(r.status().as_u16(), 303, "sign-in redirects");
-        let cookie = r
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|c| c.strip_prefix("spool_session="))
-            .and_then(|c| c.split(';').next())
-            .expect("session cookie")
-            .to_owned();
-        Self {
-            http,
-            cookie,
-            base: format!("http://{}", s.addr),
-        }
-    }
-
-    async fn get_with(&self, path: &str, poll: bool) -> Answer {
-        let mut req = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header("cookie", format!("spool_session={}", self.cookie));
-        if poll {
-            req = req.header("x-spool-poll", "1");
-        }
-        let r = req.send().await.expect("send");
-        let header = |name: &str| {
-            r.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned()
-        };
-        Answer {
-            status: r.status().as_u16(),
-            done: header("spool-done") == "1",
-            body: r.text().await.unwrap_or_default(),
-        }
-    }
-
-    async fn get(&self, path: &str) -> Answer {
-        self.get_with(path, false).await
-    }
-
-    /// GETs a page that must answer 200 and returns its HTML.
-    async fn page(&self, path: &str) -> String {
-        let a = self.get(path).await;
-        assert_eq!(a.status, 200, "GET {path}: {}", a.body);
-        a.body
-    }
-}
 
 /// A one-chunk text reply with this usage.
 fn reply_with_usage(text: &str, input: u64, output: u64, cache_read: u64) -> Reply {
@@ -197,7 +114,7 @@ async fn a_finished_turns_trace_draws_a_labelled_bar_per_span() {
     let kinds: Vec<&str> = spans.iter().filter_map(|s| s["kind"].as_str()).collect();
     assert_eq!(kinds, ["job", "llm", "tool", "llm", "job"]);
 
-    let web = Web::sign_in(&s, &s.token).await;
+    let web = Web::start(&s, &s.token).await;
     let html = web.page(&format!("/traces/{trace}")).await;
     // One row and one bar per span, in tree order, children inside their parent's list.
     let mut at = 0;
@@ -261,7 +178,9 @@ async fn a_finished_turns_trace_draws_a_labelled_bar_per_span() {
     assert!(html.contains("✓ finished"));
 
     // The live endpoint's poll answer: the whole waterfall out of band, and done.
-    let a = web.get_with(&format!("/traces/{trace}/live"), true).await;
+    let a = web
+        .get_with(&format!("/traces/{trace}/live"), &[("x-spool-poll", "1")])
+        .await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert!(a.done, "a finished trace's feed is done");
     assert!(
@@ -285,7 +204,7 @@ async fn malformed_unknown_and_other_projects_trace_ids() {
     w.shutdown(Duration::from_secs(1)).await;
     let (trace, _) = trace_of(&s, job).await;
 
-    let web = Web::sign_in(&s, &s.token).await;
+    let web = Web::start(&s, &s.token).await;
     let html = web.page(&format!("/traces/{trace}")).await;
     assert!(html.contains(r#"k-job">JOB<"#) && html.contains(">noop<"));
     let bad_ids = [
@@ -317,7 +236,7 @@ async fn malformed_unknown_and_other_projects_trace_ids() {
         spool::projects::tokens::create(&e.svc.pool, p2.id, spool::projects::tokens::Scope::Read)
             .await
             .expect("token");
-    let web2 = Web::sign_in(&s, &other.secret).await;
+    let web2 = Web::start(&s, &other.secret).await;
     let a = web2.get(&format!("/traces/{trace}")).await;
     assert_eq!(a.status, 404, "{}", a.body);
     assert_eq!(web2.get(&format!("/traces/{trace}/live")).await.status, 404);
@@ -371,7 +290,7 @@ async fn job_and_chat_pages_link_to_traces_with_cache_hit_badges() {
     let t2 = run_turn(&s, &session, "two").await;
     let t3 = run_turn(&s, &session, "three").await;
     w.shutdown(Duration::from_secs(1)).await;
-    let web = Web::sign_in(&s, &s.token).await;
+    let web = Web::start(&s, &s.token).await;
 
     // The job page links to the job's trace; a job that never ran has none to link to.
     let (trace1, _) = trace_of(&s, t1).await;
@@ -430,7 +349,10 @@ async fn job_and_chat_pages_link_to_traces_with_cache_hit_badges() {
 
     // The live feed renders a finished turn exactly as the page does, and moves the totals.
     let live = web
-        .get_with(&format!("/chats/{session}/live?after=0"), true)
+        .get_with(
+            &format!("/chats/{session}/live?after=0"),
+            &[("x-spool-poll", "1")],
+        )
         .await;
     assert_eq!(live.status, 200, "{}", live.body);
     for turn in [t1, t2, t3] {

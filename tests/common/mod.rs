@@ -7,6 +7,7 @@ pub mod chat;
 pub mod db;
 pub mod fake_llm;
 pub mod sse;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::time::Duration;
