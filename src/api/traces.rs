@@ -43,16 +43,12 @@ fn tree(spans: Vec<SpanRow>) -> Vec<Node> {
 }
 
 fn valid_trace_id(raw: &str) -> Result<&str, ApiError> {
-    let ok = raw.len() == 32
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if ok {
+    if crate::trace::is_hex(raw, 32) {
         Ok(raw)
     } else {
         Err(ApiError::invalid_field(
             "trace_id",
-            "a trace id is 32 lowercase hex digits",
+            "a trace id is 32 lowercase hex digits, not all zero",
         ))
     }
 }

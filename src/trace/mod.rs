@@ -23,7 +23,8 @@ pub struct TraceParent {
     pub sampled: bool,
 }
 
-fn is_hex(v: &str, n: usize) -> bool {
+/// Whether `v` is `n` lowercase hex digits, not all zero (a valid W3C trace or span id).
+pub fn is_hex(v: &str, n: usize) -> bool {
     v.len() == n
         && v.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))

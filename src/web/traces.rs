@@ -33,8 +33,7 @@ pub fn pages() -> Router<WebState> {
 
 /// A trace id from a path: 32 lowercase hex digits, as the API takes them; else a 400.
 fn trace_id(raw: &str) -> Result<&str, WebError> {
-    let ok = raw.len() == 32 && raw.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    if ok {
+    if crate::trace::is_hex(raw, 32) {
         Ok(raw)
     } else {
         Err(WebError::BadRequest(
