@@ -55,21 +55,20 @@ pub async fn claim(
                 lease_expires_at = now() + make_interval(secs => $3),
                 worker_id = $4,
                 started_at = now(),
-                last_seq = j.last_seq + 1
+                last_seq = j.last_seq + 1,
+                span_id = substr(md5(random()::text || j.id::text), 1, 16)
             FROM (SELECT id FROM plain UNION ALL SELECT id FROM keyed) p
             WHERE j.id = p.id AND j.state = 'queued'
             RETURNING j.id, j.project_id, j.kind, j.args, j.attempt, j.max_attempts, j.timeout_s,
                       j.lease_token, j.concurrency_key, j.last_seq, j.stream_id, j.trace_id,
-                      j.parent_span_id, j.run_at,
-                      substr(md5(random()::text || j.id::text), 1, 16) AS span_id
+                      j.parent_span_id, j.run_at, j.span_id
         ), span AS (
             -- The attempt's span opens with the claim; the finish or a rescue closes it.
             INSERT INTO spans (trace_id, span_id, parent_span_id, project_id, job_id, attempt,
                                session_id, kind, name, attrs)
             SELECT trace_id, span_id, parent_span_id, project_id, id, attempt, stream_id, 'job',
-                   kind, jsonb_build_object('spool.job.id', id, 'spool.job.kind', kind,
-                                            'spool.job.attempt', attempt,
-                                            'spool.worker.id', $4::text)
+                   -- The columns already say job, kind and attempt (the exporter adds them).
+                   kind, jsonb_build_object('spool.worker.id', $4::text)
             FROM claimed
         ), held AS (
             UPDATE job_keys k SET holder = c.id FROM claimed c
@@ -224,7 +223,7 @@ pub async fn finish(pool: &PgPool, batch: &[Finish]) -> Result<Vec<Uuid>, sqlx::
             FROM input i
             WHERE j.id = i.id AND j.lease_token = i.token
             RETURNING j.id, j.project_id, j.queue, j.concurrency_key, j.state, j.last_seq,
-                      j.attempt, j.run_at, i.error, i.refund, j.stream_id
+                      j.attempt, j.run_at, i.error, i.refund, j.stream_id, j.trace_id, j.span_id
         ), ev AS (
             INSERT INTO job_events (job_id, seq, kind, data, stream_id)
             SELECT id, last_seq, 'state', jsonb_strip_nulls(jsonb_build_object(
@@ -250,7 +249,7 @@ pub async fn finish(pool: &PgPool, batch: &[Finish]) -> Result<Vec<Uuid>, sqlx::
                 attrs = s.attrs || jsonb_strip_nulls(jsonb_build_object(
                     'spool.job.state', d.state, 'error.message', d.error->>'message'))
             FROM done d
-            WHERE s.job_id = d.id AND s.kind = 'job' AND s.ended_at IS NULL
+            WHERE s.trace_id = d.trace_id AND s.span_id = d.span_id AND s.ended_at IS NULL
         ), wake_events AS (
             SELECT pg_notify('spool_events', string_agg(id::text, ','))
             FROM (SELECT id, (row_number() OVER ()) / 150 AS chunk FROM done) d GROUP BY chunk

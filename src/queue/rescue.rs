@@ -41,7 +41,7 @@ pub async fn rescue_expired(
                 last_seq = j.last_seq + 1
             FROM expired e WHERE j.id = e.id
             RETURNING j.id, j.project_id, j.queue, j.concurrency_key, j.state, j.attempt, j.run_at,
-                      j.error, j.last_seq, j.stream_id
+                      j.error, j.last_seq, j.stream_id, j.trace_id
         ), ev AS (
             INSERT INTO job_events (job_id, seq, kind, data, stream_id)
             SELECT id, last_seq, 'state', jsonb_strip_nulls(jsonb_build_object(
@@ -56,7 +56,8 @@ pub async fn rescue_expired(
             -- The lapsed attempt's open spans (its job span, and any LLM or tool call it was in).
             UPDATE spans s SET ended_at = now(), status = 'abandoned',
                 attrs = s.attrs || jsonb_build_object('error.message', 'worker stopped renewing the lease')
-            FROM done d WHERE s.job_id = d.id AND s.ended_at IS NULL
+            -- The trace is the primary key's prefix, so this needs no per-job index.
+            FROM done d WHERE s.trace_id = d.trace_id AND s.job_id = d.id AND s.ended_at IS NULL
         )
         SELECT count(*) AS "n!" FROM done,
             LATERAL (SELECT pg_notify('spool_events', done.id::text)) n

@@ -91,6 +91,9 @@ fn attributes(r: &Pending) -> Vec<KeyValue> {
     if let Some(job) = r.job_id {
         extra.push(KeyValue::new("spool.job.id", job.to_string()));
     }
+    if r.kind == "job" {
+        extra.push(KeyValue::new("spool.job.kind", r.name.clone()));
+    }
     if let Some(attempt) = r.attempt {
         extra.push(KeyValue::new("spool.job.attempt", i64::from(attempt)));
     }
