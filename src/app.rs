@@ -72,6 +72,7 @@ pub fn builtin_registry(pool: &PgPool, s: &Settings) -> anyhow::Result<Registry>
             share: s.compaction_share,
             ..Default::default()
         },
+        subagent_limits: s.subagents,
     });
     Ok(turn::register(
         kinds::register_builtins(Registry::new(), deps),

@@ -28,7 +28,7 @@ pub struct FileConfig {
 }
 
 /// Keys a `spool.toml` may hold besides the settings: sections later features read.
-const SECTIONS: [&str; 3] = ["models", "workspaces", "default_model"];
+const SECTIONS: [&str; 4] = ["models", "workspaces", "default_model", "subagents"];
 
 /// Errors reading configuration.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +121,8 @@ pub struct Settings {
     pub models: Models,
     /// Roots file tools may read (`[[workspaces]]`).
     pub workspaces: Vec<Workspace>,
+    /// Limits on subagents (`[subagents]`).
+    pub subagents: crate::agent::subagents::Limits,
     /// Share of a model's context window the last prompt may fill before compaction.
     pub compaction_share: f64,
     /// Bearer token `/metrics` requires; without one, only loopback may scrape.
@@ -217,6 +219,16 @@ impl Settings {
                 })?,
             None => Vec::new(),
         };
+        let subagents = match file.other.get("subagents") {
+            Some(t) => t
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    key: "subagents",
+                    message: e.to_string(),
+                })?,
+            None => Default::default(),
+        };
         let listen_raw = v.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
         let listen = listen_raw.parse().map_err(|e| ConfigError::Invalid {
             key: "listen",
@@ -261,6 +273,7 @@ impl Settings {
             },
             models,
             workspaces,
+            subagents,
             compaction_share: v.compaction_share.unwrap_or(0.5).clamp(0.05, 0.95),
             // An empty token (e.g. `SPOOL_METRICS_TOKEN=`) means none, not "any empty bearer".
             metrics_token: v

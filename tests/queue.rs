@@ -337,6 +337,7 @@ async fn a_lapsed_lease_is_rescued_and_the_stale_worker_changes_nothing() {
             id,
             lease_token: stale.lease_token,
             outcome: Outcome::Failed(json!({"message": "stale"})),
+            parent_event: None,
         }],
     )
     .await

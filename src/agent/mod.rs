@@ -10,6 +10,8 @@ pub mod saver;
 pub mod sessions;
 mod spans;
 pub mod store;
+pub mod subagents;
 pub mod title;
+pub mod tool_calls;
 pub mod transcript;
 pub mod turn;

@@ -5,8 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -16,10 +14,12 @@ use super::saver::{Buffer, PartialSaver};
 use super::sessions::TURN_KIND;
 use super::spans;
 use super::store;
+use super::subagents;
+use super::tool_calls::{self, Round};
 use super::{history, title};
 use crate::llm::config::{ModelConfig, Models};
 use crate::llm::{
-    ChatRequest, Completion, LlmClient, LlmError, StreamEvent, ToolCall, ToolDef, Usage,
+    ChatRequest, Completion, LlmClient, LlmError, StreamEvent, ToolDef, Usage,
 };
 use crate::tools::{self, ToolContext, Workspace};
 use crate::worker::{JobContext, JobError, Registry};
@@ -40,14 +40,18 @@ pub struct AgentDeps {
     pub compaction: Policy,
     /// Saves every streaming reply's text about every 250 ms, in one statement.
     pub saver: PartialSaver,
+    /// Limits on spawning subagents.
+    pub subagent_limits: subagents::Limits,
 }
 
 /// Adds the `agent.turn` kind to `registry`.
 pub fn register(registry: Registry, deps: Arc<AgentDeps>) -> Registry {
     let for_titles = Arc::clone(&deps);
+    let for_subagents = Arc::clone(&deps);
     let registry = registry.register(TURN_KIND, move |ctx: JobContext| {
         run(Arc::clone(&deps), ctx)
     });
+    let registry = subagents::kind::register(registry, for_subagents);
     title::register(registry, for_titles)
 }
 
@@ -78,9 +82,55 @@ pub(super) fn db(e: sqlx::Error) -> JobError {
 }
 
 async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
+    let end = run_loop(&deps, &ctx, &Scope::default()).await?;
+    // Subagents' usage rolls up into the turn that spawned them.
+    let (sub_in, sub_out, sub_cost) = subagents::store::usage_of_children(&deps.pool, ctx.id)
+        .await
+        .map_err(db)?;
+    let subs = json!({ "input_tokens": sub_in, "output_tokens": sub_out, "cost_usd": sub_cost });
+    ctx.emit(
+        "usage",
+        json!({ "usage": end.usage, "cost_usd": end.cost, "model": end.model, "rounds": end.rounds,
+                "subagents": subs, "total_cost_usd": end.cost + sub_cost }),
+    );
+    Ok(json!({ "session_id": end.session_id, "usage": end.usage, "cost_usd": end.cost,
+               "rounds": end.rounds, "subagents": subs, "total_cost_usd": end.cost + sub_cost }))
+}
+
+/// What sets a subagent's loop apart from a chat turn's.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// 0 for a chat turn.
+    pub depth: i32,
+    /// The visible chat session at the root (the session itself for a turn).
+    pub root_session_id: Option<Uuid>,
+    /// The workspace tools it may use (all when `None`).
+    pub tools: Option<Vec<String>>,
+    /// Stop once input plus output tokens reach this.
+    pub budget_tokens: Option<u64>,
+}
+
+/// How a loop ended.
+pub struct LoopEnd {
+    pub session_id: Uuid,
+    pub usage: Usage,
+    pub cost: f64,
+    pub model: String,
+    pub rounds: usize,
+    pub budget_exhausted: bool,
+}
+
+/// The turn loop shared by chat turns and subagents: context, model call, tools, until the model
+/// answers without tools (or the rounds or the budget run out).
+pub(super) async fn run_loop(
+    deps: &AgentDeps,
+    ctx: &JobContext,
+    scope: &Scope,
+) -> Result<LoopEnd, JobError> {
     let fence = ctx.fence();
-    let session = load_session(&deps, &ctx).await?;
+    let session = load_session(deps, ctx).await?;
     let session_id = session.id;
+    let root_session_id = scope.root_session_id.unwrap_or(session_id);
     let model_name = ctx
         .args
         .get("model")
@@ -103,8 +153,14 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
         .as_deref()
         .and_then(|w| deps.workspaces.iter().find(|x| x.name == w))
         .cloned();
-    let defs: Vec<ToolDef> = tools::specs(workspace.as_ref())
+    let workspace_specs: Vec<_> = tools::specs(workspace.as_ref())
         .into_iter()
+        .filter(|s| scope.tools.as_ref().is_none_or(|t| t.contains(&s.name)))
+        .collect();
+    let grantable: Vec<String> = workspace_specs.iter().map(|s| s.name.clone()).collect();
+    let defs: Vec<ToolDef> = workspace_specs
+        .into_iter()
+        .chain(subagents::tools::specs(scope.depth, &deps.subagent_limits))
         .map(|s| ToolDef {
             name: s.name,
             description: s.description,
@@ -119,7 +175,7 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
         allow_private: deps.allow_private,
     };
     // The model learns which workspace its file tools read, without the server's paths.
-    let system = match (&session.system_prompt, &tool_ctx.workspace) {
+    let mut system = match (&session.system_prompt, &tool_ctx.workspace) {
         (p, Some(w)) => Some(format!(
             "{}{}Files of the workspace `{}` can be read with the file tools; paths are relative to its root.",
             p.as_deref().unwrap_or(""),
@@ -132,8 +188,26 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
         )),
         (p, None) => p.clone(),
     };
+    if scope.depth == 0 {
+        let notices = subagents::kind::notices(deps, ctx, session_id).await?;
+        if !notices.is_empty() {
+            system = Some(format!("{}{notices}", system.unwrap_or_default()));
+        }
+    }
+    let round = Round {
+        deps,
+        ctx,
+        session_id,
+        root_session_id,
+        model: &model.name,
+        workspace: session.workspace.as_deref(),
+        depth: scope.depth,
+        grantable: &grantable,
+        tool_ctx: &tool_ctx,
+    };
     let mut total = Usage::default();
     let mut rounds = 0usize;
+    let mut budget_exhausted = false;
     let (mut summary, mut upto) = (session.summary.clone(), session.summary_upto);
     let first_turn = {
         let all = store::messages(&deps.pool, session_id).await.map_err(db)?;
@@ -143,8 +217,8 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
             .collect();
         if deps.compaction.due(&visible, model.context_window) {
             compaction::compact(
-                &deps,
-                &ctx,
+                deps,
+                ctx,
                 &model,
                 session_id,
                 &visible,
@@ -163,8 +237,9 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
         messages.retain(|m| m.turn_id <= ctx.id && upto.is_none_or(|u| m.turn_id > u));
         let pending = history::pending_calls(&messages, ctx.id);
         if !pending.is_empty() {
-            // Resuming after a crash mid-step: only the calls without a stored result run.
-            run_tools(&deps, &ctx, session_id, &pending, &tool_ctx).await?;
+            // Resuming after a crash or a wait: only the calls without a stored result run, and
+            // after a wait they answer with what there is instead of waiting again.
+            tool_calls::run(&round, &pending, ctx.resumed_wait.is_none()).await?;
             continue;
         }
         let done_rounds = messages
@@ -190,23 +265,35 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
             },
             max_tokens: None,
         };
-        let completion = step(&deps, &ctx, &model, &req, session_id, done_rounds).await?;
+        let completion = step(deps, ctx, &model, &req, session_id, done_rounds).await?;
         total.add(&completion.usage);
         rounds += 1;
         if completion.tool_calls.is_empty() || !offer_tools {
             break;
         }
-        run_tools(&deps, &ctx, session_id, &completion.tool_calls, &tool_ctx).await?;
+        if scope
+            .budget_tokens
+            .is_some_and(|b| total.input_tokens + total.output_tokens >= b)
+        {
+            budget_exhausted = true;
+            break;
+        }
+        tool_calls::run(&round, &completion.tool_calls, true).await?;
     }
-    if first_turn && let Err(e) = title::request(&deps, &ctx, session_id).await {
+    if scope.depth == 0
+        && first_turn
+        && let Err(e) = title::request(deps, ctx, session_id).await
+    {
         tracing::warn!(error = %e, "could not request a session title");
     }
-    let cost = model.cost(&total);
-    ctx.emit(
-        "usage",
-        json!({ "usage": total, "cost_usd": cost, "model": model.name, "rounds": rounds }),
-    );
-    Ok(json!({ "session_id": session_id, "usage": total, "cost_usd": cost, "rounds": rounds }))
+    Ok(LoopEnd {
+        session_id,
+        cost: model.cost(&total),
+        usage: total,
+        model: model.name.clone(),
+        rounds,
+        budget_exhausted,
+    })
 }
 
 /// One model call, streamed and checkpointed; retried on retryable failures.
@@ -362,43 +449,4 @@ async fn step(
             }
         }
     }
-}
-
-/// Runs calls concurrently; each result is stored (fenced) and announced as soon as it is done.
-async fn run_tools(
-    deps: &AgentDeps,
-    ctx: &JobContext,
-    session_id: Uuid,
-    calls: &[ToolCall],
-    tool_ctx: &ToolContext,
-) -> Result<(), JobError> {
-    let fence = ctx.fence();
-    let mut running: FuturesUnordered<_> = calls
-        .iter()
-        .map(|call| async move {
-            let span =
-                spans::tool_start(deps, ctx, session_id, &call.id, &call.name, &call.arguments)
-                    .await?;
-            let started = Instant::now();
-            let out = tools::run(&call.name, &call.arguments, tool_ctx).await;
-            spans::tool_end(&span, &out).await?;
-            let content = json!({
-                "tool_call_id": call.id, "name": call.name, "content": out.content, "is_error": out.is_error,
-                "truncated": out.truncated, "data": out.data, "duration_ms": started.elapsed().as_millis() as u64,
-            });
-            let stored = store::insert_tool_result(&deps.pool, fence, session_id, &call.id, &content).await;
-            Ok::<_, JobError>((content, stored))
-        })
-        .collect();
-    while let Some(done) = running.next().await {
-        let (content, stored) = done?;
-        if !stored.map_err(db)? {
-            return Err(lost());
-        }
-        ctx.emit("tool_result", content);
-    }
-    if ctx.is_cancelled() {
-        return Err(JobError::Cancelled);
-    }
-    Ok(())
 }

@@ -11,6 +11,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::model::{ClaimedJob, Finish, JobState, Outcome};
+use super::suspend::{self, ParentEvent};
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
@@ -43,7 +44,8 @@ pub async fn claim(
         ), keyed AS (
             SELECT h.id FROM heads h
             JOIN job_keys k ON k.project_id = h.project_id AND k.key = h.concurrency_key
-            WHERE k.holder IS NULL AND h.queue = $1 AND h.run_at <= now()
+            -- A job resumed from `waiting` still holds its key.
+            WHERE (k.holder IS NULL OR k.holder = h.id) AND h.queue = $1 AND h.run_at <= now()
             ORDER BY h.priority DESC, h.run_at, h.id
             LIMIT $2
             FOR UPDATE OF k SKIP LOCKED
@@ -61,7 +63,7 @@ pub async fn claim(
             WHERE j.id = p.id AND j.state = 'queued'
             RETURNING j.id, j.project_id, j.kind, j.args, j.attempt, j.max_attempts, j.timeout_s,
                       j.lease_token, j.concurrency_key, j.last_seq, j.stream_id, j.trace_id,
-                      j.parent_span_id, j.run_at, j.span_id
+                      j.parent_span_id, j.run_at, j.span_id, j.wait_until
         ), span AS (
             -- The attempt's span opens with the claim; the finish or a rescue closes it.
             INSERT INTO spans (trace_id, span_id, parent_span_id, project_id, job_id, attempt,
@@ -84,7 +86,7 @@ pub async fn claim(
         SELECT id AS "id!", project_id AS "project_id!", kind AS "kind!", args AS "args!",
                attempt AS "attempt!", max_attempts AS "max_attempts!", timeout_s,
                lease_token AS "lease_token!", trace_id AS "trace_id!", span_id AS "span_id!",
-               run_at AS "run_at!"
+               run_at AS "run_at!", wait_until
         FROM claimed
         "#,
         queue,
@@ -108,6 +110,7 @@ pub async fn claim(
             trace_id: r.trace_id,
             span_id: r.span_id,
             run_at: r.run_at,
+            resumed_wait: r.wait_until,
         })
         .collect())
 }
@@ -200,7 +203,8 @@ pub async fn finish(pool: &PgPool, batch: &[Finish]) -> Result<Vec<Uuid>, sqlx::
     }
     let mut c = FinishColumns::default();
     batch.iter().for_each(|f| c.push(f));
-    let ids = sqlx::query_scalar!(
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query!(
         r#"
         WITH input AS (
             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::job_state[], $4::jsonb[], $5::jsonb[],
@@ -216,6 +220,7 @@ pub async fn finish(pool: &PgPool, batch: &[Finish]) -> Result<Vec<Uuid>, sqlx::
                 lease_token = NULL,
                 lease_expires_at = NULL,
                 worker_id = NULL,
+                wait_until = NULL,
                 finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL
                                      OR i.state IN ('succeeded', 'failed', 'cancelled')
                                    THEN now() END,
@@ -223,7 +228,8 @@ pub async fn finish(pool: &PgPool, batch: &[Finish]) -> Result<Vec<Uuid>, sqlx::
             FROM input i
             WHERE j.id = i.id AND j.lease_token = i.token
             RETURNING j.id, j.project_id, j.queue, j.concurrency_key, j.state, j.last_seq,
-                      j.attempt, j.run_at, i.error, i.refund, j.stream_id, j.trace_id, j.span_id
+                      j.attempt, j.run_at, i.error, i.refund, j.stream_id, j.trace_id, j.span_id,
+                      j.parent_id
         ), ev AS (
             INSERT INTO job_events (job_id, seq, kind, data, stream_id)
             SELECT id, last_seq, 'state', jsonb_strip_nulls(jsonb_build_object(
@@ -256,7 +262,7 @@ pub async fn finish(pool: &PgPool, batch: &[Finish]) -> Result<Vec<Uuid>, sqlx::
         ), wake_claimers AS (
             SELECT pg_notify('spool_jobs', queue) FROM keys GROUP BY queue
         )
-        SELECT id AS "id!" FROM done
+        SELECT id AS "id!", parent_id, state AS "state!: JobState" FROM done
         WHERE (SELECT count(*) FROM wake_events) >= 0 AND (SELECT count(*) FROM wake_claimers) >= 0
         "#,
         &c.ids,
@@ -267,9 +273,24 @@ pub async fn finish(pool: &PgPool, batch: &[Finish]) -> Result<Vec<Uuid>, sqlx::
         &c.run_ats as &[Option<DateTime<Utc>>],
         &c.refunds,
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(ids)
+    // Children that ended wake (or count down) their waiting parents in the same transaction.
+    let ended: Vec<Uuid> = rows
+        .iter()
+        .filter(|r| r.parent_id.is_some() && r.state.is_terminal())
+        .map(|r| r.id)
+        .collect();
+    if !ended.is_empty() {
+        let events: Vec<ParentEvent> = batch
+            .iter()
+            .filter(|f| ended.contains(&f.id))
+            .filter_map(|f| f.parent_event.clone())
+            .collect();
+        suspend::children_finished(&mut tx, &ended, &events).await?;
+    }
+    tx.commit().await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
 /// An error value as stored in `jobs.error` and in `state` events.

@@ -96,7 +96,7 @@ pub async fn cancel(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Cancell
         }
         _ => {}
     }
-    sqlx::query!(
+    let ended = sqlx::query!(
         r#"
         WITH RECURSIVE tree AS (
             SELECT $1::uuid AS id
@@ -128,6 +128,7 @@ pub async fn cancel(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Cancell
               AND k.project_id = e.project_id AND k.key = e.concurrency_key AND k.holder = e.id
         )
         SELECT
+            ARRAY(SELECT id FROM ended) AS "ended!",
             (SELECT count(*) FROM (SELECT pg_notify('spool_cancel', string_agg(id::text, ','))
                                    FROM asked HAVING count(*) > 0) a) AS "asked!",
             (SELECT count(*) FROM (SELECT pg_notify('spool_events', string_agg(id::text, ','))
@@ -138,6 +139,8 @@ pub async fn cancel(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Cancell
     )
     .fetch_one(&mut *tx)
     .await?;
+    // Cancelled children of a parent outside this subtree count off its wait.
+    super::suspend::children_finished(&mut tx, &ended.ended, &[]).await?;
     tx.commit().await?;
     crate::metrics::count_cancel();
     Ok(if state == JobState::Running {

@@ -13,10 +13,12 @@ pub mod model;
 pub mod rescue;
 pub mod seed;
 pub mod stats;
+pub mod suspend;
 pub mod workers;
 
 pub use enqueue::{Enqueued, NewJob, enqueue};
 pub use model::{ClaimedJob, Finish, Job, JobState, QueueError};
+pub use suspend::{ParentEvent, Wait};
 
 /// The channel that wakes claimers; the payload is the queue name.
 pub const JOBS_CHANNEL: &str = "spool_jobs";

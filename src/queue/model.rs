@@ -95,6 +95,8 @@ pub struct ClaimedJob {
     pub span_id: String,
     /// When the job became due: claim latency is measured from here.
     pub run_at: DateTime<Utc>,
+    /// Set when the job has waited before (see [`super::suspend`]): when that wait was to end.
+    pub resumed_wait: Option<DateTime<Utc>>,
 }
 
 /// What a worker reports at the end of an attempt; applied in batches, fenced by the lease.
@@ -103,6 +105,8 @@ pub struct Finish {
     pub id: Uuid,
     pub lease_token: Uuid,
     pub outcome: Outcome,
+    /// Left in the parent's log when this ends the job (see [`super::suspend::children_finished`]).
+    pub parent_event: Option<super::suspend::ParentEvent>,
 }
 
 /// How an attempt ended.

@@ -4,8 +4,11 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use super::backoff::Backoff;
+use super::model::JobState;
+use super::suspend;
 
 /// Moves up to `limit` running jobs with expired leases back to `queued` (with backoff, the lapsed
 /// attempt counted) or to `failed` once their attempts are used up, or to `cancelled` when a cancel
@@ -15,7 +18,8 @@ pub async fn rescue_expired(
     backoff: Backoff,
     limit: i64,
 ) -> Result<u64, sqlx::Error> {
-    let n = sqlx::query_scalar!(
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query!(
         r#"
         WITH expired AS (
             SELECT id FROM jobs
@@ -37,7 +41,7 @@ pub async fn rescue_expired(
                                            || ' stopped renewing it', 'attempt', j.attempt),
                 finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL OR j.attempt >= j.max_attempts
                                    THEN now() END,
-                lease_token = NULL, lease_expires_at = NULL, worker_id = NULL,
+                lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, wait_until = NULL,
                 last_seq = j.last_seq + 1
             FROM expired e WHERE j.id = e.id
             RETURNING j.id, j.project_id, j.queue, j.concurrency_key, j.state, j.attempt, j.run_at,
@@ -59,16 +63,24 @@ pub async fn rescue_expired(
             -- The trace is the primary key's prefix, so this needs no per-job index.
             FROM done d WHERE s.trace_id = d.trace_id AND s.job_id = d.id AND s.ended_at IS NULL
         )
-        SELECT count(*) AS "n!" FROM done,
+        SELECT done.id AS "id!", done.state AS "state!: JobState" FROM done,
             LATERAL (SELECT pg_notify('spool_events', done.id::text)) n
         "#,
         limit,
         backoff.base.as_secs_f64(),
         backoff.max.as_secs_f64(),
     )
-    .fetch_one(pool)
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(n as u64)
+    // A child that failed for good counts off its waiting parent, like any other finish.
+    let ended: Vec<Uuid> = rows
+        .iter()
+        .filter(|r| r.state.is_terminal())
+        .map(|r| r.id)
+        .collect();
+    suspend::children_finished(&mut tx, &ended, &[]).await?;
+    tx.commit().await?;
+    Ok(rows.len() as u64)
 }
 
 /// Marks running or draining workers whose heartbeat is older than `stale` as `lost`, so the

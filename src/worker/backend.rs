@@ -67,6 +67,7 @@ impl Backend for SpoolBackend {
                 id: job.id,
                 lease_token: job.lease_token,
                 outcome: Outcome::Released,
+                parent_event: None,
             };
             if let Err(mpsc::error::TrySendError::Full(f)) = self.finishes.try_send(finish) {
                 let tx = self.finishes.clone();

@@ -1,5 +1,8 @@
 //! What a handler sees of its job.
 
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -20,8 +23,11 @@ pub struct JobContext {
     /// The job's trace, and this attempt's span in it.
     pub trace_id: String,
     pub span_id: String,
+    /// Set when this claim resumes the job after a wait: when that wait was to end.
+    pub resumed_wait: Option<DateTime<Utc>>,
     pub(crate) cancel: CancellationToken,
     pub(crate) events: EventSink,
+    pub(crate) parent_event: Arc<Mutex<Option<(String, Value)>>>,
 }
 
 impl JobContext {
@@ -73,6 +79,14 @@ impl JobContext {
             trace_id: self.trace_id.clone(),
             span_id: self.span_id.clone(),
             sampled: true,
+        }
+    }
+
+    /// Leaves an event in the parent job's log when this attempt ends the job, written in the
+    /// same transaction as the finish (the last call wins).
+    pub fn tell_parent(&self, kind: &str, data: Value) {
+        if let Ok(mut slot) = self.parent_event.lock() {
+            *slot = Some((kind.to_owned(), data));
         }
     }
 

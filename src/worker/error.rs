@@ -18,6 +18,10 @@ pub enum JobError {
     /// The handler stopped because its cancellation token fired.
     #[error("cancelled")]
     Cancelled,
+    /// Not an error: the job waits for children without holding a worker slot, and runs again
+    /// (a new claim, the attempt not counted) when the wait is over.
+    #[error("suspended")]
+    Suspend(crate::queue::Wait),
 }
 
 impl JobError {

@@ -18,7 +18,7 @@ use super::{Registry, completer, observe};
 use crate::events::Hub;
 use crate::metrics;
 use crate::queue::backoff::Backoff;
-use crate::queue::{claim, rescue, workers};
+use crate::queue::{claim, rescue, suspend, workers};
 
 /// How a worker runtime claims and runs jobs.
 #[derive(Debug, Clone)]
@@ -363,6 +363,11 @@ async fn maintenance_loop(shared: Arc<Shared>, stop: CancellationToken) {
                 tracing::info!(jobs = n, "rescued jobs with lapsed leases");
             }
             Err(e) => tracing::warn!(error = %e, "rescue failed"),
+        }
+        match suspend::resume_expired(&shared.pool, 1000).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(jobs = n, "requeued jobs whose wait ran out"),
+            Err(e) => tracing::warn!(error = %e, "resuming expired waits failed"),
         }
         let stale = (shared.cfg.lease * 3).max(Duration::from_secs(30));
         if let Err(e) = rescue::mark_lost_workers(&shared.pool, stale).await {

@@ -22,6 +22,7 @@ use super::{JobContext, JobError, Registry, WorkerConfig};
 use crate::events::EventWriter;
 use crate::queue::claim::error_value;
 use crate::queue::model::Outcome;
+use crate::queue::suspend::{self, ParentEvent, Wait};
 use crate::queue::{ClaimedJob, Finish};
 
 /// Why the runtime asked a handler to stop. The first reason wins.
@@ -122,9 +123,12 @@ async fn run_job(shared: Arc<Shared>, claimed: Claimed) {
         lease_token: job.lease_token,
         trace_id: job.trace_id.clone(),
         span_id: job.span_id.clone(),
+        resumed_wait: job.resumed_wait,
         cancel: cancel.clone(),
         events: events.clone(),
+        parent_event: Arc::default(),
     };
+    let parent_event = Arc::clone(&ctx.parent_event);
     let started = std::time::Instant::now();
     let result = execute(&shared, &job, ctx, &cancel, &stop, &fenced_out).await;
     drop(slot);
@@ -135,12 +139,27 @@ async fn run_job(shared: Arc<Shared>, claimed: Claimed) {
         Some(Stop::LeaseLost)
     };
     tracing::debug!(job_id = %job.id, kind = %job.kind, elapsed_ms = started.elapsed().as_millis() as u64, "attempt ended");
+    if let (None, Err(JobError::Suspend(wait))) = (stop_reason, &result) {
+        suspend(&shared, &job, wait).await;
+        shared.with_inflight(|m| m.remove(&job.id));
+        return;
+    }
     match decide(&shared.cfg, &job, result, stop_reason) {
         Some(outcome) => {
+            let parent_event = parent_event
+                .lock()
+                .ok()
+                .and_then(|mut e| e.take())
+                .map(|(kind, data)| ParentEvent {
+                    child: job.id,
+                    kind,
+                    data,
+                });
             let finish = Finish {
                 id: job.id,
                 lease_token: job.lease_token,
                 outcome,
+                parent_event,
             };
             if shared.finishes.send(finish).await.is_err() {
                 // The completer is gone (process exiting); the lease will lapse and rescue runs.
@@ -151,6 +170,26 @@ async fn run_job(shared: Arc<Shared>, claimed: Claimed) {
             shared.with_inflight(|m| m.remove(&job.id));
         }
     }
+}
+
+/// Writes a suspend; a database error is retried for a while, then the lease is left to lapse
+/// (rescue queues the job again).
+async fn suspend(shared: &Shared, job: &ClaimedJob, wait: &Wait) {
+    let mut delay = Duration::from_millis(20);
+    for _ in 0..8 {
+        match suspend::suspend(&shared.pool, job.id, job.lease_token, wait).await {
+            Ok(s) => {
+                tracing::debug!(job_id = %job.id, outcome = ?s, "suspended");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(job_id = %job.id, error = %e, "suspend failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+    tracing::error!(job_id = %job.id, "could not suspend; leaving the job to rescue");
 }
 
 async fn execute(
@@ -262,5 +301,7 @@ fn decide(
             }),
         ) => retry_or_fail(message, retry_after),
         (_, Err(JobError::Fail { message })) => Outcome::Failed(error_value(&message, job.attempt)),
+        // Only reached with a stop reason (a plain suspend is written before this): hand back.
+        (_, Err(JobError::Suspend(_))) => Outcome::Released,
     })
 }

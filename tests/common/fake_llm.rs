@@ -29,6 +29,8 @@ pub struct FakeLlm {
 #[derive(Default)]
 struct Shared {
     replies: VecDeque<Reply>,
+    /// Conversations with scripts of their own: (marker, replies), see [`FakeLlm::route`].
+    routes: Vec<(String, VecDeque<Reply>)>,
     requests: Vec<Value>,
     authorizations: Vec<Option<String>>,
     headers: Vec<HeaderMap>,
@@ -147,6 +149,15 @@ impl FakeLlm {
         self.lock().replies.push_back(reply);
     }
 
+    /// Gives the conversation whose first user message contains `marker` its own replies, in
+    /// order, so concurrent conversations (subagents) each get their script whatever the
+    /// interleaving. Requests of other conversations use the shared queue.
+    pub fn route(&self, marker: &str, replies: impl IntoIterator<Item = Reply>) {
+        self.lock()
+            .routes
+            .push((marker.to_owned(), replies.into_iter().collect()));
+    }
+
     /// Queues several replies, in order.
     pub fn push_all(&self, replies: impl IntoIterator<Item = Reply>) {
         self.lock().replies.extend(replies);
@@ -255,7 +266,19 @@ fn take(shared: &Mutex<Shared>, headers: HeaderMap, body: &[u8]) -> (String, Rep
     s.authorizations
         .push(auth.and_then(|v| v.to_str().ok()).map(str::to_owned));
     s.headers.push(headers);
-    let reply = s.replies.pop_front().unwrap_or_else(|| Reply::text("ok"));
+    let first_user = request["messages"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["role"] == "user"))
+        .map(|m| m["content"].to_string())
+        .unwrap_or_default();
+    let routed = s
+        .routes
+        .iter_mut()
+        .find(|(marker, _)| first_user.contains(marker.as_str()))
+        .map(|(_, replies)| replies.pop_front().unwrap_or_else(|| Reply::text("ok")));
+    let reply = routed
+        .or_else(|| s.replies.pop_front())
+        .unwrap_or_else(|| Reply::text("ok"));
     (model, reply)
 }
 
