@@ -261,7 +261,7 @@ fn take(shared: &Mutex<Shared>, headers: HeaderMap, body: &[u8]) -> (String, Rep
     let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let model = request["model"].as_str().unwrap_or("fake").to_owned();
     let mut s = shared.lock().expect("fake llm state");
-    s.requests.push(request);
+    s.requests.push(request.clone());
     let auth = headers.get(header::AUTHORIZATION);
     s.authorizations
         .push(auth.and_then(|v| v.to_str().ok()).map(str::to_owned));
