@@ -4,6 +4,7 @@
 //! Owns `sessions` and `messages`; uses the queue to enqueue and cancel turns and never touches
 //! job rows itself except through the lease fence of its own writes.
 
+pub mod attachments;
 pub mod compaction;
 pub mod history;
 pub mod saver;
@@ -11,5 +12,6 @@ pub mod sessions;
 mod spans;
 pub mod store;
 pub mod title;
+mod tool_calls;
 pub mod transcript;
 pub mod turn;

@@ -5,22 +5,21 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::compaction::{self, Policy};
+use super::history::Files;
 use super::saver::{Buffer, PartialSaver};
 use super::sessions::TURN_KIND;
 use super::spans;
 use super::store;
-use super::{history, title};
+use super::tool_calls::run_tools;
+use super::{attachments, history, title};
 use crate::llm::config::{ModelConfig, Models};
-use crate::llm::{
-    ChatRequest, Completion, LlmClient, LlmError, StreamEvent, ToolCall, ToolDef, Usage,
-};
+use crate::llm::{ChatRequest, Completion, LlmClient, LlmError, StreamEvent, ToolDef, Usage};
+use crate::store::Blobs;
 use crate::tools::{self, ToolContext, Workspace};
 use crate::worker::{JobContext, JobError, Registry};
 
@@ -40,6 +39,8 @@ pub struct AgentDeps {
     pub compaction: Policy,
     /// Saves every streaming reply's text about every 250 ms, in one statement.
     pub saver: PartialSaver,
+    /// Attachments' bytes, and where tool outputs over the offload limit go.
+    pub blobs: Blobs,
 }
 
 /// Adds the `agent.turn` kind to `registry`.
@@ -135,12 +136,27 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
     let mut total = Usage::default();
     let mut rounds = 0usize;
     let (mut summary, mut upto) = (session.summary.clone(), session.summary_upto);
-    let first_turn = {
+    let (first_turn, files) = {
         let all = store::messages(&deps.pool, session_id).await.map_err(db)?;
-        let visible: Vec<_> = all
+        let mut visible: Vec<_> = all
             .into_iter()
             .filter(|m| m.turn_id <= ctx.id && upto.is_none_or(|u| m.turn_id > u))
             .collect();
+        resolve_outputs(&deps, &ctx, &mut visible).await;
+        // Attachments are read once per turn: only user messages name them, and those do not
+        // change while the turn runs.
+        let named: Vec<&Value> = visible
+            .iter()
+            .filter(|m| m.role == "user")
+            .map(|m| &m.content)
+            .collect();
+        let loaded = attachments::load(&deps.pool, &deps.blobs, session_id, &named)
+            .await
+            .map_err(db)?;
+        let files = Files {
+            loaded,
+            vision: model.vision,
+        };
         if deps.compaction.due(&visible, model.context_window) {
             compaction::compact(
                 &deps,
@@ -154,13 +170,17 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
             )
             .await?;
         }
-        upto.is_none() && visible.iter().all(|m| m.turn_id == ctx.id)
+        (
+            upto.is_none() && visible.iter().all(|m| m.turn_id == ctx.id),
+            files,
+        )
     };
     loop {
         let mut messages = store::messages(&deps.pool, session_id).await.map_err(db)?;
         // Later turns' messages (already stored while they wait) are not this turn's context, and
         // summarised turns are sent as their summary.
         messages.retain(|m| m.turn_id <= ctx.id && upto.is_none_or(|u| m.turn_id > u));
+        resolve_outputs(&deps, &ctx, &mut messages).await;
         let pending = history::pending_calls(&messages, ctx.id);
         if !pending.is_empty() {
             // Resuming after a crash mid-step: only the calls without a stored result run.
@@ -182,7 +202,7 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
         let offer_tools = done_rounds + 1 < deps.max_rounds;
         let req = ChatRequest {
             model: model.wire_model().to_owned(),
-            messages: history::build(system.as_deref(), summary.as_deref(), &messages),
+            messages: history::build(system.as_deref(), summary.as_deref(), &messages, &files),
             tools: if offer_tools {
                 defs.clone()
             } else {
@@ -364,41 +384,12 @@ async fn step(
     }
 }
 
-/// Runs calls concurrently; each result is stored (fenced) and announced as soon as it is done.
-async fn run_tools(
-    deps: &AgentDeps,
-    ctx: &JobContext,
-    session_id: Uuid,
-    calls: &[ToolCall],
-    tool_ctx: &ToolContext,
-) -> Result<(), JobError> {
-    let fence = ctx.fence();
-    let mut running: FuturesUnordered<_> = calls
-        .iter()
-        .map(|call| async move {
-            let span =
-                spans::tool_start(deps, ctx, session_id, &call.id, &call.name, &call.arguments)
-                    .await?;
-            let started = Instant::now();
-            let out = tools::run(&call.name, &call.arguments, tool_ctx).await;
-            spans::tool_end(&span, &out).await?;
-            let content = json!({
-                "tool_call_id": call.id, "name": call.name, "content": out.content, "is_error": out.is_error,
-                "truncated": out.truncated, "data": out.data, "duration_ms": started.elapsed().as_millis() as u64,
-            });
-            let stored = store::insert_tool_result(&deps.pool, fence, session_id, &call.id, &content).await;
-            Ok::<_, JobError>((content, stored))
-        })
+/// Replaces offloaded tool outputs with their content, so the model sees them whole.
+async fn resolve_outputs(deps: &AgentDeps, ctx: &JobContext, messages: &mut [store::Message]) {
+    let outputs = messages
+        .iter_mut()
+        .filter(|m| m.role == "tool")
+        .map(|m| &mut m.content)
         .collect();
-    while let Some(done) = running.next().await {
-        let (content, stored) = done?;
-        if !stored.map_err(db)? {
-            return Err(lost());
-        }
-        ctx.emit("tool_result", content);
-    }
-    if ctx.is_cancelled() {
-        return Err(JobError::Cancelled);
-    }
-    Ok(())
+    deps.blobs.resolve_all(ctx.project_id, outputs).await;
 }

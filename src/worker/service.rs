@@ -111,7 +111,7 @@ async fn run_job(shared: Arc<Shared>, claimed: Claimed) {
     let fenced_out = CancellationToken::new();
     let events = shared
         .events
-        .sink(job.id, job.lease_token, fenced_out.clone());
+        .sink(job.id, job.project_id, job.lease_token, fenced_out.clone());
     let ctx = JobContext {
         id: job.id,
         project_id: job.project_id,
@@ -137,6 +137,7 @@ async fn run_job(shared: Arc<Shared>, claimed: Claimed) {
     tracing::debug!(job_id = %job.id, kind = %job.kind, elapsed_ms = started.elapsed().as_millis() as u64, "attempt ended");
     match decide(&shared.cfg, &job, result, stop_reason) {
         Some(outcome) => {
+            let outcome = offload_result(&shared, &job, outcome).await;
             let finish = Finish {
                 id: job.id,
                 lease_token: job.lease_token,
@@ -150,6 +151,18 @@ async fn run_job(shared: Arc<Shared>, claimed: Claimed) {
         None => {
             shared.with_inflight(|m| m.remove(&job.id));
         }
+    }
+}
+
+/// A large result is written as a blob before the fenced finish that refers to it.
+async fn offload_result(shared: &Shared, job: &ClaimedJob, outcome: Outcome) -> Outcome {
+    match (outcome, &shared.cfg.blobs) {
+        (Outcome::Succeeded(v), Some(blobs)) => Outcome::Succeeded(
+            blobs
+                .offload_or_keep(&shared.pool, job.project_id, job.id, v)
+                .await,
+        ),
+        (other, _) => other,
     }
 }
 
