@@ -17,7 +17,9 @@ mod sessions;
 mod traces;
 mod turn_input;
 
-pub use attachments::{created as upload_answer, read_upload, stream as attachment_response};
+pub use attachments::{
+    MULTIPART_OVERHEAD, created as upload_answer, read_upload, stream as attachment_response,
+};
 
 use std::sync::Arc;
 
