@@ -55,10 +55,11 @@ async fn uploads_reads_offloads_and_deletes_go_through_s3() {
         .fetch_one(&e.svc.pool)
         .await
         .expect("row");
-    // The object is in the bucket, under the prefix, byte for byte.
+    // The object is in the bucket, under the prefix, and it is the only one.
+    let object = format!("blobs/here/{key}");
     assert_eq!(
-        moto.object("spool-test", &format!("blobs/here/{key}")).await,
-        Some(image.clone())
+        moto.objects("spool-test", "").await,
+        [(object.clone(), image.len() as u64)]
     );
     let r = s
         .req(
@@ -81,11 +82,13 @@ async fn uploads_reads_offloads_and_deletes_go_through_s3() {
         .await
         .expect("result");
     let result_key = spool::store::reference_key(&result).expect("offloaded").to_owned();
-    let stored = moto
-        .object("spool-test", &format!("blobs/here/{result_key}"))
-        .await
-        .expect("the result object");
+    let stored = e.settings.blobs.get(&result_key).await.expect("the result object");
     assert_eq!(serde_json::from_slice::<Value>(&stored).expect("json"), done["result"]);
+    let listed = moto.objects("spool-test", "blobs/here/").await;
+    assert!(
+        listed.contains(&(format!("blobs/here/{result_key}"), stored.len() as u64)),
+        "{listed:?}"
+    );
 
     let r = s
         .req(reqwest::Method::DELETE, &format!("/api/v1/sessions/{session}"))
@@ -93,7 +96,12 @@ async fn uploads_reads_offloads_and_deletes_go_through_s3() {
         .await
         .expect("delete");
     assert_eq!(r.status().as_u16(), 204);
-    assert_eq!(moto.object("spool-test", &format!("blobs/here/{key}")).await, None);
+    assert_eq!(
+        moto.objects("spool-test", "").await,
+        [(format!("blobs/here/{result_key}"), stored.len() as u64)],
+        "the attachment's object is gone; the job's result stays"
+    );
+    assert!(!e.settings.blobs.exists(&key).await.expect("head"));
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM blobs WHERE key = $1")
         .bind(&key)
         .fetch_one(&e.svc.pool)

@@ -68,18 +68,33 @@ impl Moto {
         assert!(r.status().is_success(), "creating bucket {name}: {}", r.status());
     }
 
-    /// The bytes stored at `key` in `bucket`, read straight from the server; `None` when absent.
-    pub async fn object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+    /// Every object in `bucket` under `prefix` with its size, as the server lists them (moto
+    /// refuses unsigned reads of private objects, but lists a bucket to anyone).
+    pub async fn objects(&self, bucket: &str, prefix: &str) -> Vec<(String, u64)> {
         let r = reqwest::Client::new()
-            .get(format!("{}/{bucket}/{key}", self.endpoint))
+            .get(format!(
+                "{}/{bucket}?list-type=2&prefix={}",
+                self.endpoint,
+                url::form_urlencoded::byte_serialize(prefix.as_bytes()).collect::<String>()
+            ))
             .send()
             .await
-            .expect("get object");
-        if r.status().as_u16() == 404 {
-            return None;
-        }
-        assert!(r.status().is_success(), "reading {key}: {}", r.status());
-        Some(r.bytes().await.expect("object bytes").to_vec())
+            .expect("list objects");
+        assert!(r.status().is_success(), "listing {bucket}: {}", r.status());
+        let xml = r.text().await.expect("listing");
+        let field = |item: &str, tag: &str| {
+            let open = format!("<{tag}>");
+            let close = format!("</{tag}>");
+            item.split(&open).nth(1)?.split(&close).next().map(str::to_owned)
+        };
+        xml.split("<Contents>")
+            .skip(1)
+            .filter_map(|item| {
+                let key = field(item, "Key")?;
+                let size = field(item, "Size")?.parse().ok()?;
+                Some((key, size))
+            })
+            .collect()
     }
 }
 
