@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::housekeeping::{Housekeeping, Retention};
 use crate::llm::config::Models;
 use crate::logging::LogFormat;
 use crate::queue::backoff::Backoff;
 use crate::store::Blobs;
 use crate::tools::Workspace;
 use crate::worker::WorkerConfig;
-use crate::housekeeping::{Housekeeping, Retention};
 
 /// Settings as read from `spool.toml`: the same keys as the flags, every one optional.
 #[derive(Debug, Default, Deserialize)]
@@ -226,7 +226,9 @@ impl Overrides {
             retain_days: self.retain_days.or(below.retain_days),
             retain_events_days: self.retain_events_days.or(below.retain_events_days),
             retain_spans_days: self.retain_spans_days.or(below.retain_spans_days),
-            housekeeping_interval_s: self.housekeeping_interval_s.or(below.housekeeping_interval_s),
+            housekeeping_interval_s: self
+                .housekeeping_interval_s
+                .or(below.housekeeping_interval_s),
         }
     }
 }
@@ -276,7 +278,12 @@ impl Settings {
             None => LogFormat::default(),
         };
         let data_dir = v.data_dir.unwrap_or_else(|| PathBuf::from(".spool"));
-        let blobs = blob_store(v.blob_url.as_deref(), &data_dir, &file.other, v.offload_bytes)?;
+        let blobs = blob_store(
+            v.blob_url.as_deref(),
+            &data_dir,
+            &file.other,
+            v.offload_bytes,
+        )?;
         let days = |d: Option<u32>| {
             d.filter(|d| *d > 0)
                 .map(|d| Duration::from_secs(u64::from(d) * 86_400))

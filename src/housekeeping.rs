@@ -139,7 +139,8 @@ pub async fn prune(pool: &PgPool, retain: &Retention) -> Result<Pruned, sqlx::Er
             if events {
                 out.events += drain(|| log::delete_for_jobs(pool, &ids, BATCH)).await?;
             } else {
-                out.spans += drain(|| crate::trace::store::delete_for_jobs(pool, &ids, BATCH)).await?;
+                out.spans +=
+                    drain(|| crate::trace::store::delete_for_jobs(pool, &ids, BATCH)).await?;
             }
         }
     }
@@ -187,7 +188,11 @@ pub fn start(
 async fn round(pool: &PgPool, blobs: &Blobs, cfg: &Housekeeping) {
     match retention::claim_round(pool, "blob_sweep", cfg.interval).await {
         Ok(true) => match sweep_orphans(pool, blobs, cfg.orphan_grace).await {
-            Ok(s) if s.deleted > 0 => tracing::info!(deleted = s.deleted, examined = s.examined, "removed orphaned blobs"),
+            Ok(s) if s.deleted > 0 => tracing::info!(
+                deleted = s.deleted,
+                examined = s.examined,
+                "removed orphaned blobs"
+            ),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "orphaned blob sweep failed"),
         },
@@ -199,7 +204,12 @@ async fn round(pool: &PgPool, blobs: &Blobs, cfg: &Housekeeping) {
     }
     match retention::claim_round(pool, "retention", cfg.interval).await {
         Ok(true) => match prune(pool, &cfg.retain).await {
-            Ok(p) if p != Pruned::default() => tracing::info!(jobs = p.jobs, events = p.events, spans = p.spans, "pruned finished work past retention"),
+            Ok(p) if p != Pruned::default() => tracing::info!(
+                jobs = p.jobs,
+                events = p.events,
+                spans = p.spans,
+                "pruned finished work past retention"
+            ),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "retention pruning failed"),
         },

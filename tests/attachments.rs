@@ -36,17 +36,19 @@ async fn new_session(s: &Server, model: &str) -> String {
 async fn attach(s: &Server, session: &str, name: &str, bytes: &[u8]) -> String {
     let (st, b) = upload(s, session, name, bytes).await;
     assert_eq!(st, 201, "{b}");
-    b["attachment_id"].as_str().expect("attachment id").to_owned()
+    b["attachment_id"]
+        .as_str()
+        .expect("attachment id")
+        .to_owned()
 }
 
 /// (attachment rows, blob rows, files under the blob directory)
 async fn stored(e: &Env) -> (i64, i64, usize) {
-    let (a, b): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM attachments), (SELECT count(*) FROM blobs)",
-    )
-    .fetch_one(&e.svc.pool)
-    .await
-    .expect("counts");
+    let (a, b): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM attachments), (SELECT count(*) FROM blobs)")
+            .fetch_one(&e.svc.pool)
+            .await
+            .expect("counts");
     (a, b, files_under(&e.settings.data_dir.join("blobs")))
 }
 
@@ -67,10 +69,16 @@ fn files_under(dir: &std::path::Path) -> usize {
 /// Sends `input` as a turn and waits for it to finish.
 async fn run_turn(s: &Server, session: &str, input: Value) -> Value {
     let (st, b) = s
-        .post(&format!("/api/v1/sessions/{session}/turns"), json!({ "input": input }))
+        .post(
+            &format!("/api/v1/sessions/{session}/turns"),
+            json!({ "input": input }),
+        )
         .await;
     assert_eq!(st, 202, "{b}");
-    let turn: Uuid = b["turn_id"].as_str().and_then(|t| t.parse().ok()).expect("turn");
+    let turn: Uuid = b["turn_id"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .expect("turn");
     let job = s.wait(turn, 30).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     job
@@ -191,7 +199,9 @@ async fn an_anthropic_model_gets_an_image_block() {
     let data = block["source"]["data"].as_str().expect("data");
     assert_eq!(decode(data), image);
     assert!(
-        blocks.iter().any(|b| b["type"] == "text" && b["text"] == "Describe it."),
+        blocks
+            .iter()
+            .any(|b| b["type"] == "text" && b["text"] == "Describe it."),
         "{user}"
     );
     w.shutdown(std::time::Duration::from_secs(1)).await;
@@ -208,19 +218,54 @@ async fn bad_references_and_a_model_without_vision_are_refused_at_send() {
     let txt = attach(&s, &blind, "main.rs", b"fn main() {}\n").await;
     let elsewhere = attach(&s, &other, "theirs.png", &png()).await;
     let cases = [
-        (json!([{ "type": "image", "attachment_id": img }]), 422, "model_without_vision"),
-        (json!([{ "type": "image", "attachment_id": txt }]), 422, "not_an_image"),
-        (json!([{ "type": "file", "attachment_id": Uuid::now_v7() }]), 422, "unknown_attachment"),
-        (json!([{ "type": "file", "attachment_id": elsewhere }]), 422, "unknown_attachment"),
-        (json!([{ "type": "file", "attachment_id": "not-an-id" }]), 400, "bad_request"),
-        (json!([{ "type": "file", "attachment_id": txt, "x": 1 }]), 400, "bad_request"),
+        (
+            json!([{ "type": "image", "attachment_id": img }]),
+            422,
+            "model_without_vision",
+        ),
+        (
+            json!([{ "type": "image", "attachment_id": txt }]),
+            422,
+            "not_an_image",
+        ),
+        (
+            json!([{ "type": "file", "attachment_id": Uuid::now_v7() }]),
+            422,
+            "unknown_attachment",
+        ),
+        (
+            json!([{ "type": "file", "attachment_id": elsewhere }]),
+            422,
+            "unknown_attachment",
+        ),
+        (
+            json!([{ "type": "file", "attachment_id": "not-an-id" }]),
+            400,
+            "bad_request",
+        ),
+        (
+            json!([{ "type": "file", "attachment_id": txt, "x": 1 }]),
+            400,
+            "bad_request",
+        ),
     ];
     for (i, (input, status, code)) in cases.into_iter().enumerate() {
         let (st, b) = s
-            .post(&format!("/api/v1/sessions/{blind}/turns"), json!({ "input": input }))
+            .post(
+                &format!("/api/v1/sessions/{blind}/turns"),
+                json!({ "input": input }),
+            )
             .await;
-        assert_eq!((st, b["error"]["code"].as_str()), (status, Some(code)), "case {i}: {b}");
-        assert!(b["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(
+            (st, b["error"]["code"].as_str()),
+            (status, Some(code)),
+            "case {i}: {b}"
+        );
+        assert!(
+            b["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
     }
     let (jobs, msgs): (i64, i64) =
         sqlx::query_as("SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM messages)")
@@ -253,7 +298,11 @@ async fn bad_uploads_get_the_right_4xx_and_store_nothing() {
     let session = new_session(&s, "mock").await;
     let kept = attach(&s, &session, "ok.txt", b"fine\n").await;
     let before = stored(&e).await;
-    assert_eq!(before, (1, 1, 1), "one good upload: a row, a registration, a file");
+    assert_eq!(
+        before,
+        (1, 1, 1),
+        "one good upload: a row, a registration, a file"
+    );
     let mut text_as_png = b"just text, not a picture\n".to_vec();
     text_as_png.extend_from_slice(b"more text\n");
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
@@ -261,19 +310,32 @@ async fn bad_uploads_get_the_right_4xx_and_store_nothing() {
         ("shot.png", elf(), 415, "unsupported_media_type"),
         ("diagram.png", zip(), 415, "unsupported_media_type"),
         ("fake.png", text_as_png, 415, "unsupported_media_type"),
-        ("latin1.txt", b"caf\xe9 cr\xe8me\n".to_vec(), 415, "unsupported_media_type"),
+        (
+            "latin1.txt",
+            b"caf\xe9 cr\xe8me\n".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
         ("big.txt", vec![b'a'; 5000], 413, "payload_too_large"),
         ("huge.txt", vec![b'a'; 200_000], 413, "payload_too_large"),
         ("empty.txt", Vec::new(), 400, "bad_request"),
     ];
     for (name, bytes, status, code) in cases {
         let (st, b) = upload(&s, &session, name, &bytes).await;
-        assert_eq!((st, b["error"]["code"].as_str()), (status, Some(code)), "{name}: {b}");
+        assert_eq!(
+            (st, b["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{name}: {b}"
+        );
         assert_eq!(b["error"]["field"], "file", "{name}: {b}");
         assert_eq!(stored(&e).await, before, "{name} stored nothing");
     }
     let (st, b) = upload(&s, &Uuid::now_v7().to_string(), "a.txt", b"hello").await;
-    assert_eq!((st, b["error"]["code"].as_str()), (404, Some("not_found")), "{b}");
+    assert_eq!(
+        (st, b["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{b}"
+    );
     // No `file` field, and no multipart at all.
     let (ct, body) = multipart("other", "a.txt", b"hello");
     let path = format!("/api/v1/sessions/{session}/attachments");
@@ -286,8 +348,16 @@ async fn bad_uploads_get_the_right_4xx_and_store_nothing() {
         .expect("send");
     assert_eq!(r.status().as_u16(), 400);
     let (st, b) = s.post(&path, json!({ "file": "x" })).await;
-    assert_eq!((st, b["error"]["code"].as_str()), (400, Some("bad_request")), "{b}");
-    assert_eq!(stored(&e).await, before, "nothing was stored by any refused upload");
+    assert_eq!(
+        (st, b["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{b}"
+    );
+    assert_eq!(
+        stored(&e).await,
+        before,
+        "nothing was stored by any refused upload"
+    );
     let (st, _) = s
         .get(&format!("/api/v1/sessions/{session}/attachments/{kept}"))
         .await;
@@ -316,9 +386,16 @@ async fn deleting_a_session_deletes_its_attachments_and_their_bytes() {
         .await
         .expect("delete");
     assert_eq!(r.status().as_u16(), 204);
-    assert_eq!(stored(&e).await, (1, 1, 1), "only the other session's file is left");
+    assert_eq!(
+        stored(&e).await,
+        (1, 1, 1),
+        "only the other session's file is left"
+    );
     for key in keys {
-        assert!(!e.settings.blobs.exists(&key).await.expect("head"), "{key} is gone");
+        assert!(
+            !e.settings.blobs.exists(&key).await.expect("head"),
+            "{key} is gone"
+        );
     }
     let (st, _) = s
         .get(&format!("/api/v1/sessions/{stays}/attachments/{kept}"))

@@ -34,17 +34,27 @@ async fn a_large_tool_output_is_offloaded_and_read_back_identical() {
     ]);
     let mut e = agent_env(&fake).await;
     e.settings.blobs = Blobs::open(None, &e.settings.data_dir, &[], 4096).expect("blobs");
-    let text: String = (0..800).map(|i| format!("line {i:04} of a long file\n")).collect();
+    let text: String = (0..800)
+        .map(|i| format!("line {i:04} of a long file\n"))
+        .collect();
     std::fs::write(e.settings.workspaces[0].root.join("big.txt"), &text).expect("file");
     let s = e.serve(e.registry()).await;
     let w = e.worker(e.registry(), fast_worker()).await;
-    let (_, b) = s.post("/api/v1/sessions", json!({ "workspace": "demo" })).await;
+    let (_, b) = s
+        .post("/api/v1/sessions", json!({ "workspace": "demo" }))
+        .await;
     let session = b["id"].as_str().expect("session").to_owned();
     let (st, b) = s
-        .post(&format!("/api/v1/sessions/{session}/turns"), json!({ "input": "read big.txt" }))
+        .post(
+            &format!("/api/v1/sessions/{session}/turns"),
+            json!({ "input": "read big.txt" }),
+        )
         .await;
     assert_eq!(st, 202, "{b}");
-    let turn: Uuid = b["turn_id"].as_str().and_then(|t| t.parse().ok()).expect("turn");
+    let turn: Uuid = b["turn_id"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .expect("turn");
     assert_eq!(s.wait(turn, 30).await["state"], "succeeded");
 
     // The row and the event hold the same small reference; the registry names the turn.
@@ -52,7 +62,9 @@ async fn a_large_tool_output_is_offloaded_and_read_back_identical() {
         .fetch_one(&e.svc.pool)
         .await
         .expect("tool row");
-    let key = spool::store::reference_key(&row).expect("the tool row holds a reference").to_owned();
+    let key = spool::store::reference_key(&row)
+        .expect("the tool row holds a reference")
+        .to_owned();
     let event: Value = sqlx::query_scalar(
         "SELECT data FROM job_events WHERE job_id = $1 AND kind = 'tool_result'",
     )
@@ -88,7 +100,10 @@ async fn a_large_tool_output_is_offloaded_and_read_back_identical() {
         .expect("tool message sent to the model");
     assert_eq!(sent, output, "the model saw the whole output");
     let r = s
-        .req(reqwest::Method::GET, &format!("/api/v1/jobs/{turn}/events?limit=1000"))
+        .req(
+            reqwest::Method::GET,
+            &format!("/api/v1/jobs/{turn}/events?limit=1000"),
+        )
         .header("accept", "application/json")
         .send()
         .await
@@ -176,7 +191,11 @@ async fn the_sweep_removes_exactly_the_old_unreferenced_blobs() {
         let (blobs, big) = (blobs.clone(), big.clone());
         async move { blobs.offload(pool, p, job, big).await.expect("offload") }
     };
-    let key = |r: &Value| spool::store::reference_key(r).expect("reference").to_owned();
+    let key = |r: &Value| {
+        spool::store::reference_key(r)
+            .expect("reference")
+            .to_owned()
+    };
 
     // Referenced: by a job result, an event, a tool result, an attachment.
     let mut conn = pool.acquire().await.expect("conn");
@@ -237,7 +256,13 @@ async fn the_sweep_removes_exactly_the_old_unreferenced_blobs() {
     let swept = housekeeping::sweep_orphans(pool, &blobs, Duration::from_secs(3600))
         .await
         .expect("sweep");
-    assert_eq!(swept, Swept { examined: 6, deleted: 2 });
+    assert_eq!(
+        swept,
+        Swept {
+            examined: 6,
+            deleted: 2
+        }
+    );
     let mut kept = vec![
         key(&by_result),
         key(&by_event),
@@ -391,13 +416,28 @@ async fn retention_prunes_exactly_the_finished_work_past_its_age() {
     )
     .await
     .expect("prune events");
-    assert_eq!(pruned, Pruned { jobs: 0, events: 3, spans: 0 });
+    assert_eq!(
+        pruned,
+        Pruned {
+            jobs: 0,
+            events: 3,
+            spans: 0
+        }
+    );
     assert_eq!(counts(pool, recent).await, (1, 0, 2));
     assert_eq!(counts(pool, old_queued).await, (1, 3, 2));
     assert_eq!(counts(pool, long_runner).await, (1, 3, 2));
 
     // A fleet runs each round once per interval.
     let every = Duration::from_secs(60);
-    assert!(spool::queue::retention::claim_round(pool, "t", every).await.expect("claim"));
-    assert!(!spool::queue::retention::claim_round(pool, "t", every).await.expect("claim"));
+    assert!(
+        spool::queue::retention::claim_round(pool, "t", every)
+            .await
+            .expect("claim")
+    );
+    assert!(
+        !spool::queue::retention::claim_round(pool, "t", every)
+            .await
+            .expect("claim")
+    );
 }

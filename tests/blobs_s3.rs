@@ -35,7 +35,11 @@ async fn uploads_reads_offloads_and_deletes_go_through_s3() {
         ..Overrides::default()
     };
     e.settings = Settings::resolve(over, file).expect("settings");
-    assert!(e.settings.blobs.location().starts_with("s3://spool-test/"), "{:?}", e.settings.blobs);
+    assert!(
+        e.settings.blobs.location().starts_with("s3://spool-test/"),
+        "{:?}",
+        e.settings.blobs
+    );
 
     let big = "s".repeat(100_000);
     let registry = e.registry().register("big", move |_ctx: JobContext| {
@@ -81,9 +85,19 @@ async fn uploads_reads_offloads_and_deletes_go_through_s3() {
         .fetch_one(&e.svc.pool)
         .await
         .expect("result");
-    let result_key = spool::store::reference_key(&result).expect("offloaded").to_owned();
-    let stored = e.settings.blobs.get(&result_key).await.expect("the result object");
-    assert_eq!(serde_json::from_slice::<Value>(&stored).expect("json"), done["result"]);
+    let result_key = spool::store::reference_key(&result)
+        .expect("offloaded")
+        .to_owned();
+    let stored = e
+        .settings
+        .blobs
+        .get(&result_key)
+        .await
+        .expect("the result object");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&stored).expect("json"),
+        done["result"]
+    );
     let listed = moto.objects("spool-test", "blobs/here/").await;
     assert!(
         listed.contains(&(format!("blobs/here/{result_key}"), stored.len() as u64)),
@@ -91,7 +105,10 @@ async fn uploads_reads_offloads_and_deletes_go_through_s3() {
     );
 
     let r = s
-        .req(reqwest::Method::DELETE, &format!("/api/v1/sessions/{session}"))
+        .req(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/sessions/{session}"),
+        )
         .send()
         .await
         .expect("delete");

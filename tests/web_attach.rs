@@ -36,7 +36,11 @@ async fn a_picked_image_shows_as_a_thumbnail_in_the_sent_message() {
     let b = Browser::start().await;
     sign_in(&b, &s).await;
     b.goto(&s.url("/chats")).await.expect("chats");
-    wait_for(&b, "#new-chat", WAIT).await.click().await.expect("new chat");
+    wait_for(&b, "#new-chat", WAIT)
+        .await
+        .click()
+        .await
+        .expect("new chat");
     wait_for(&b, "#input", WAIT).await;
     let picker = wait_for(&b, "#file", WAIT).await;
     picker
@@ -47,7 +51,10 @@ async fn a_picked_image_shows_as_a_thumbnail_in_the_sent_message() {
     assert!(chip.text().await.expect("chip").contains("gradient.png"));
     let input = wait_for(&b, "#input", WAIT).await;
     input.send_keys("What is this?").await.expect("type");
-    input.send_keys(&Key::Enter.to_string()).await.expect("send");
+    input
+        .send_keys(&Key::Enter.to_string())
+        .await
+        .expect("send");
 
     let thumb = wait_for(&b, "#turns .msg-user img.thumb", WAIT).await;
     let loaded = wait_until(&b, WAIT, "the thumbnail to load", |c| async move {
@@ -71,13 +78,19 @@ async fn a_picked_image_shows_as_a_thumbnail_in_the_sent_message() {
         .await
         .expect("thumbnail link");
     let href = link.attr("href").await.expect("href").expect("an href");
-    assert_eq!(link.attr("target").await.expect("target").as_deref(), Some("_blank"));
+    assert_eq!(
+        link.attr("target").await.expect("target").as_deref(),
+        Some("_blank")
+    );
     screenshot(&b, "chat_attachment").await;
 
     // The model got the same bytes.
-    let got = wait_until(&b, Duration::from_secs(20), "the model request", |_| async {
-        fake.requests().into_iter().next()
-    })
+    let got = wait_until(
+        &b,
+        Duration::from_secs(20),
+        "the model request",
+        |_| async { fake.requests().into_iter().next() },
+    )
     .await;
     let url = got["messages"]
         .as_array()
@@ -87,8 +100,12 @@ async fn a_picked_image_shows_as_a_thumbnail_in_the_sent_message() {
         .and_then(|p| p["image_url"]["url"].as_str())
         .map(str::to_owned)
         .expect("an image part");
-    let b64 = url.strip_prefix("data:image/png;base64,").expect("png data url");
-    let sent = base64::engine::general_purpose::STANDARD.decode(b64).expect("b64");
+    let b64 = url
+        .strip_prefix("data:image/png;base64,")
+        .expect("png data url");
+    let sent = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("b64");
     assert_eq!(sent, image);
 
     // Clicking opens the full image: the link's target serves the PNG to this signed-in browser.

@@ -57,7 +57,10 @@ pub enum AttachmentError {
     #[error("the file is {0}; accepted are {accepted}", accepted = media::ACCEPTED)]
     Unsupported(&'static str),
     #[error("the file is named as {named} but its content is {content}")]
-    Mismatch { named: &'static str, content: String },
+    Mismatch {
+        named: &'static str,
+        content: String,
+    },
     #[error("session not found")]
     SessionNotFound,
     #[error("content block {index}: no attachment {id} in this session")]
@@ -68,7 +71,9 @@ pub enum AttachmentError {
         id: Uuid,
         media_type: String,
     },
-    #[error("content block {index}: model `{model}` does not accept images or documents (set `vision = true` on a model that does)")]
+    #[error(
+        "content block {index}: model `{model}` does not accept images or documents (set `vision = true` on a model that does)"
+    )]
     NoVision { index: usize, model: String },
     #[error(transparent)]
     Blob(#[from] BlobError),
@@ -80,11 +85,7 @@ pub enum AttachmentError {
 /// characters, at most 200 characters; `file` when nothing is left.
 pub fn clean_name(raw: &str) -> String {
     let last = raw.rsplit(['/', '\\']).next().unwrap_or("");
-    let name: String = last
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(200)
-        .collect();
+    let name: String = last.chars().filter(|c| !c.is_control()).take(200).collect();
     match name.trim() {
         "" | "." | ".." => "file".to_owned(),
         n => n.to_owned(),
@@ -112,7 +113,8 @@ pub async fn upload(
         });
     }
     let name = clean_name(name);
-    let sniffed = media::sniff(&bytes).ok_or(AttachmentError::Unsupported(media::describe(&bytes)))?;
+    let sniffed =
+        media::sniff(&bytes).ok_or(AttachmentError::Unsupported(media::describe(&bytes)))?;
     if let Some(named) = media::promised_by_name(&name)
         && named != sniffed.media_type
     {
@@ -266,7 +268,9 @@ pub async fn check_turn(
         .collect();
     let mut out = Vec::with_capacity(named.len());
     for (index, image, id) in named {
-        let a = found.get(&id).ok_or(AttachmentError::Unknown { index, id })?;
+        let a = found
+            .get(&id)
+            .ok_or(AttachmentError::Unknown { index, id })?;
         if image && !a.is_image() {
             return Err(AttachmentError::NotImage {
                 index,

@@ -130,7 +130,9 @@ fn user_message(content: &Value, files: &Files) -> ChatMessage {
                 "[attached file `{}` ({}) is not shown: this model does not accept images]",
                 m.name, m.media_type
             ),
-            Some(Loaded::Missing { name }) => format!("[attached file `{name}` is no longer available]"),
+            Some(Loaded::Missing { name }) => {
+                format!("[attached file `{name}` is no longer available]")
+            }
             None => format!("[attached file `{named}`]"),
         });
     }

@@ -9,9 +9,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{attachments, store};
-use crate::store::Blobs;
 use crate::queue::control::{self, active_with_key};
 use crate::queue::{Enqueued, JobState, NewJob, QueueError, enqueue};
+use crate::store::Blobs;
 
 /// The job kind of a chat turn.
 pub const TURN_KIND: &str = "agent.turn";

@@ -88,11 +88,7 @@ pub async fn read_upload(req: Request, limit: usize) -> Result<(String, Bytes), 
         }
         let name = field.file_name().unwrap_or("file").to_owned();
         let mut buf = BytesMut::new();
-        while let Some(chunk) = field
-            .chunk()
-            .await
-            .map_err(|e| multipart_error(e, limit))?
-        {
+        while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
             if buf.len() + chunk.len() > limit {
                 return Err(ApiError::too_large(
                     "file",
@@ -142,8 +138,7 @@ pub async fn download(
     Path((id, attachment)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let session = session_id(&id)?;
-    let attachment =
-        Uuid::parse_str(&attachment).map_err(|_| ApiError::not_found("attachment"))?;
+    let attachment = Uuid::parse_str(&attachment).map_err(|_| ApiError::not_found("attachment"))?;
     let a = attachments::one(&state.pool, auth.0.project_id, session, attachment)
         .await?
         .ok_or_else(|| ApiError::not_found("attachment"))?;

@@ -24,7 +24,6 @@ use crate::agent::store;
 use crate::events::log;
 use crate::projects::tokens::Scope;
 
-
 impl From<SessionError> for ApiError {
     fn from(e: SessionError) -> Self {
         match e {
@@ -195,8 +194,7 @@ pub async fn send(
     }
     // A session whose model left the configuration still queues; its turn says why it fails.
     let vision = config.is_some_and(|c| c.vision);
-    let attachments =
-        attachments::check_turn(&state.pool, id, &body.input, model, vision).await?;
+    let attachments = attachments::check_turn(&state.pool, id, &body.input, model, vision).await?;
     let sent = sessions::send_turn(
         &state.pool,
         auth.0.project_id,

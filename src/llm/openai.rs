@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{ModelConfig, OPENAI_BASE_URL};
 use super::sse::SseParser;
-use request::request_body;
 use super::types::{ChatRequest, Completion, LlmError, StreamEvent, ToolCall, Usage};
+use request::request_body;
 
 mod request;
 

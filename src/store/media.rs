@@ -104,11 +104,23 @@ mod tests {
 
     #[test]
     fn bytes_decide_and_names_only_narrow() {
-        assert_eq!(sniff(b"\x89PNG\r\n\x1a\n....").map(|s| s.media_type), Some("image/png"));
-        assert_eq!(sniff(b"\xff\xd8\xff\xe0").map(|s| s.class), Some(Class::Image));
-        assert_eq!(sniff(b"RIFF\0\0\0\0WEBPVP8 ").map(|s| s.media_type), Some("image/webp"));
+        assert_eq!(
+            sniff(b"\x89PNG\r\n\x1a\n....").map(|s| s.media_type),
+            Some("image/png")
+        );
+        assert_eq!(
+            sniff(b"\xff\xd8\xff\xe0").map(|s| s.class),
+            Some(Class::Image)
+        );
+        assert_eq!(
+            sniff(b"RIFF\0\0\0\0WEBPVP8 ").map(|s| s.media_type),
+            Some("image/webp")
+        );
         assert_eq!(sniff(b"%PDF-1.7").map(|s| s.class), Some(Class::Pdf));
-        assert_eq!(sniff("fn main() {}\n".as_bytes()).map(|s| s.class), Some(Class::Text));
+        assert_eq!(
+            sniff("fn main() {}\n".as_bytes()).map(|s| s.class),
+            Some(Class::Text)
+        );
         assert_eq!(sniff(b"\x7fELF\x02\x01\x01\0"), None);
         assert_eq!(sniff(b"PK\x03\x04\x14\0"), None);
         assert_eq!(sniff(b"caf\xe9"), None, "Latin-1 is not UTF-8");

@@ -63,7 +63,11 @@ pub struct Blobs {
 
 impl fmt::Debug for Blobs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Blobs({}, offload over {} B)", self.location, self.offload_bytes)
+        write!(
+            f,
+            "Blobs({}, offload over {} B)",
+            self.location, self.offload_bytes
+        )
     }
 }
 
@@ -99,8 +103,8 @@ impl Blobs {
             ObjectStoreScheme::AmazonS3
             | ObjectStoreScheme::GoogleCloudStorage
             | ObjectStoreScheme::MicrosoftAzure => {
-                let env = std::env::vars()
-                    .filter(|(k, _)| ENV_PREFIXES.iter().any(|p| k.starts_with(p)));
+                let env =
+                    std::env::vars().filter(|(k, _)| ENV_PREFIXES.iter().any(|p| k.starts_with(p)));
                 let opts = env.chain(options.iter().cloned());
                 let (store, prefix) =
                     object_store::parse_url_opts(&parsed, opts).map_err(|e| bad(e.to_string()))?;
@@ -128,12 +132,11 @@ impl Blobs {
             url: dir.display().to_string(),
             message: e.to_string(),
         })?;
-        let prefix = object_store::path::Path::from_absolute_path(&abs).map_err(|e| {
-            BlobError::Config {
+        let prefix =
+            object_store::path::Path::from_absolute_path(&abs).map_err(|e| BlobError::Config {
                 url: abs.display().to_string(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         // Empty directories left by deletes are removed, so a swept store leaves no husks.
         let fs = LocalFileSystem::new().with_automatic_cleanup(true);
         Ok(Self {
@@ -193,7 +196,10 @@ impl Blobs {
         match self.store.get(&path).await {
             Ok(r) => {
                 let size = r.meta.size;
-                Ok((size, r.into_stream().map(|c| c.map_err(BlobError::from)).boxed()))
+                Ok((
+                    size,
+                    r.into_stream().map(|c| c.map_err(BlobError::from)).boxed(),
+                ))
             }
             Err(object_store::Error::NotFound { .. }) => Err(BlobError::NotFound(key.to_owned())),
             Err(e) => Err(e.into()),

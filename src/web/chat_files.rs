@@ -49,8 +49,7 @@ pub async fn file(
     Path((id, attachment)): Path<(String, String)>,
 ) -> Result<Response, WebError> {
     let id = chat_id(&id)?;
-    let attachment =
-        Uuid::parse_str(&attachment).map_err(|_| WebError::NotFound("attachment"))?;
+    let attachment = Uuid::parse_str(&attachment).map_err(|_| WebError::NotFound("attachment"))?;
     let a = attachments::one(&state.app.pool, user.project(), id, attachment)
         .await?
         .ok_or(WebError::NotFound("attachment"))?;

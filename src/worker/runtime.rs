@@ -122,11 +122,7 @@ impl WorkerRuntime {
             worker_id,
             inflight: Mutex::new(HashMap::new()),
             finishes: finish_tx,
-            events: crate::events::EventWriter::start(
-                pool_for_events,
-                Some(hub.pump()),
-                blobs,
-            ),
+            events: crate::events::EventWriter::start(pool_for_events, Some(hub.pump()), blobs),
         });
         let closing = CancellationToken::new();
         let completer = tokio::spawn(completer::run(

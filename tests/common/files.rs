@@ -41,10 +41,18 @@ pub fn multipart(field: &str, name: &str, bytes: &[u8]) -> (String, Vec<u8>) {
 }
 
 /// Uploads `bytes` as `name` to a session's attachments: (status, body).
-pub async fn upload(s: &Server, session: &str, name: &str, bytes: &[u8]) -> (u16, serde_json::Value) {
+pub async fn upload(
+    s: &Server,
+    session: &str,
+    name: &str,
+    bytes: &[u8],
+) -> (u16, serde_json::Value) {
     let (content_type, body) = multipart("file", name, bytes);
     let r = s
-        .req(reqwest::Method::POST, &format!("/api/v1/sessions/{session}/attachments"))
+        .req(
+            reqwest::Method::POST,
+            &format!("/api/v1/sessions/{session}/attachments"),
+        )
         .header("content-type", content_type)
         .body(body)
         .send()

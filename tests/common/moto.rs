@@ -44,7 +44,9 @@ impl Moto {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = moto.child.try_wait() {
-                panic!("the moto server exited at once ({status}); is moto[server] installed? {INSTALL}");
+                panic!(
+                    "the moto server exited at once ({status}); is moto[server] installed? {INSTALL}"
+                );
             }
             if http.get(&moto.endpoint).send().await.is_ok() {
                 return moto;
@@ -65,7 +67,11 @@ impl Moto {
             .send()
             .await
             .expect("create bucket");
-        assert!(r.status().is_success(), "creating bucket {name}: {}", r.status());
+        assert!(
+            r.status().is_success(),
+            "creating bucket {name}: {}",
+            r.status()
+        );
     }
 
     /// Every object in `bucket` under `prefix` with its size, as the server lists them (moto
@@ -85,7 +91,11 @@ impl Moto {
         let field = |item: &str, tag: &str| {
             let open = format!("<{tag}>");
             let close = format!("</{tag}>");
-            item.split(&open).nth(1)?.split(&close).next().map(str::to_owned)
+            item.split(&open)
+                .nth(1)?
+                .split(&close)
+                .next()
+                .map(str::to_owned)
         };
         xml.split("<Contents>")
             .skip(1)
