@@ -346,13 +346,7 @@ async fn dev(s: Settings) -> anyhow::Result<()> {
     )
     .await?;
     let state = app::api_state(&svc, registry, &s);
-    let keeping = CancellationToken::new();
-    let housekeeping = spool::housekeeping::start(
-        svc.pool.clone(),
-        s.blobs.clone(),
-        s.housekeeping.clone(),
-        keeping.clone(),
-    );
+    let housekeeping = storage::Duties::start(&svc, &s);
     let stop = CancellationToken::new();
     let stop_serving = stop.clone();
     let served = app::serve(
@@ -378,8 +372,7 @@ async fn dev(s: Settings) -> anyhow::Result<()> {
         }
     };
     runtime.shutdown(s.shutdown_grace).await;
-    keeping.cancel();
-    let _ = housekeeping.await;
+    housekeeping.stop().await;
     // After the drain, so the spans it closed go out in the final flush.
     if let Some(otlp) = otlp {
         otlp.shutdown().await;
@@ -416,19 +409,12 @@ async fn worker(s: Settings) -> anyhow::Result<()> {
     let registry = app::builtin_registry(&svc.pool, &s)?;
     let runtime =
         WorkerRuntime::start(svc.pool.clone(), svc.hub.clone(), registry, s.worker()).await?;
-    let keeping = CancellationToken::new();
-    let housekeeping = spool::housekeeping::start(
-        svc.pool.clone(),
-        s.blobs.clone(),
-        s.housekeeping.clone(),
-        keeping.clone(),
-    );
+    let housekeeping = storage::Duties::start(&svc, &s);
     println!("spool worker {} running", runtime.worker_id());
     shutdown_signal().await;
     eprintln!("draining (grace {:?})…", s.shutdown_grace);
     runtime.shutdown(s.shutdown_grace).await;
-    keeping.cancel();
-    let _ = housekeeping.await;
+    housekeeping.stop().await;
     // After the drain, so the spans it closed go out in the final flush.
     if let Some(otlp) = otlp {
         otlp.shutdown().await;

@@ -1,7 +1,11 @@
-//! Flags for blobs, uploads and retention, each also read from its environment variable.
+//! Flags for blobs, uploads and retention, each also read from its environment variable, and
+//! the periodic duties (orphan sweep, pruning) that `dev` and `worker` run.
 
 use clap::Args;
-use spool::config::Overrides;
+use spool::app::Services;
+use spool::config::{Overrides, Settings};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// Where blobs go, how large uploads and inline payloads may be, and how long finished work is kept.
 #[derive(Debug, Clone, Default, Args)]
@@ -45,5 +49,31 @@ impl StorageArgs {
         over.retain_events_days = self.retain_events_days;
         over.retain_spans_days = self.retain_spans_days;
         over.housekeeping_interval_s = self.housekeeping_interval_s;
+    }
+}
+
+/// The orphan sweep and retention pruning, running in this process until stopped.
+pub struct Duties {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Duties {
+    /// Starts the duties' loop (see `spool::housekeeping`).
+    pub fn start(svc: &Services, s: &Settings) -> Self {
+        let stop = CancellationToken::new();
+        let task = spool::housekeeping::start(
+            svc.pool.clone(),
+            s.blobs.clone(),
+            s.housekeeping.clone(),
+            stop.clone(),
+        );
+        Self { stop, task }
+    }
+
+    /// Stops the loop and waits for a round under way to end.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
     }
 }

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::auth::User;
@@ -62,4 +63,34 @@ pub async fn file(
                 WebError::Internal("the file store did not answer; try again".into())
             }
         })
+}
+
+/// A file attached to a user message: images show as thumbnails, others as a named link.
+#[derive(Debug, Clone)]
+pub struct FileView {
+    pub id: String,
+    pub name: String,
+    pub is_image: bool,
+    /// `12.3 KB`.
+    pub size: String,
+}
+
+/// The files a user message records (`content.attachments`).
+pub fn files_of(content: &Value) -> Vec<FileView> {
+    content
+        .get("attachments")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|a| FileView {
+            id: text(a, "id"),
+            name: text(a, "name"),
+            is_image: text(a, "media_type").starts_with("image/"),
+            size: super::view::bytes(a.get("size").and_then(Value::as_u64).unwrap_or(0)),
+        })
+        .collect()
+}
+
+fn text(v: &Value, key: &str) -> String {
+    v.get(key).and_then(Value::as_str).unwrap_or("").to_owned()
 }

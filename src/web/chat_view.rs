@@ -27,7 +27,7 @@ pub struct TurnView {
     pub phase: Phase,
     pub user_text: String,
     /// Files attached to the user's message.
-    pub files: Vec<FileView>,
+    pub files: Vec<super::chat_files::FileView>,
     pub items: Vec<ItemView>,
     /// `1,204 in · 88 out · cache hit 42% · $0.0031`, once known.
     pub usage: Option<String>,
@@ -35,32 +35,6 @@ pub struct TurnView {
     pub note: Option<String>,
     /// Once finished: its trace link and cache-hit badge (read from spans by the caller).
     pub trace: Option<super::chat_trace::TurnTrace>,
-}
-
-/// A file attached to a user message: images show as thumbnails, others as a named link.
-#[derive(Debug, Clone)]
-pub struct FileView {
-    pub id: String,
-    pub name: String,
-    pub is_image: bool,
-    /// `12.3 KB`.
-    pub size: String,
-}
-
-/// The files a user message records (`content.attachments`).
-pub fn files_of(content: &Value) -> Vec<FileView> {
-    content
-        .get("attachments")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .map(|a| FileView {
-            id: text_of(a, "id"),
-            name: text_of(a, "name"),
-            is_image: text_of(a, "media_type").starts_with("image/"),
-            size: super::view::bytes(a.get("size").and_then(Value::as_u64).unwrap_or(0)),
-        })
-        .collect()
 }
 
 /// A state badge: its CSS class and its symbol-and-word label.
@@ -264,7 +238,7 @@ pub fn from_messages(
         match m.role.as_str() {
             "user" => {
                 view.user_text = text_of(&m.content, "text");
-                view.files = files_of(&m.content);
+                view.files = super::chat_files::files_of(&m.content);
             }
             "assistant" => {
                 let usage = usage_of(m.usage.as_ref());
@@ -334,7 +308,9 @@ pub fn from_events(
         user_text: user
             .map(|m| text_of(&m.content, "text"))
             .unwrap_or_default(),
-        files: user.map(|m| files_of(&m.content)).unwrap_or_default(),
+        files: user
+            .map(|m| super::chat_files::files_of(&m.content))
+            .unwrap_or_default(),
         items: Vec::new(),
         usage: None,
         note: None,
