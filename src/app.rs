@@ -68,6 +68,7 @@ pub fn builtin_registry(pool: &PgPool, s: &Settings) -> anyhow::Result<Registry>
         max_rounds: 8,
         step_retries: 2,
         saver: crate::agent::saver::PartialSaver::start(pool.clone()),
+        blobs: s.blobs.clone(),
         compaction: crate::agent::compaction::Policy {
             share: s.compaction_share,
             ..Default::default()
@@ -92,8 +93,10 @@ pub fn api_state(svc: &Services, registry: Registry, s: &Settings) -> AppState {
         }),
         limits: Limits {
             max_args_bytes: s.max_args_bytes,
+            max_upload_bytes: s.max_upload_bytes,
         },
         metrics_token: s.metrics_token.as_ref().map(|t| Arc::from(t.expose())),
+        blobs: s.blobs.clone(),
     }
 }
 

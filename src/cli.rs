@@ -1,5 +1,7 @@
 //! Command-line parsing and the role entry points.
 
+mod storage;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -119,6 +121,8 @@ pub struct Common {
     /// Log lines as `text` or `json`.
     #[arg(long, env = "SPOOL_LOG_FORMAT", global = true)]
     log_format: Option<String>,
+    #[command(flatten)]
+    storage: storage::StorageArgs,
 }
 
 impl Common {
@@ -133,7 +137,7 @@ impl Common {
         let file = FileConfig::load(self.config.as_deref(), &candidates)?;
         let unknown = file.unknown_keys();
         let path = file.path.clone().unwrap_or_default();
-        let over = Overrides {
+        let mut over = Overrides {
             database_url: self.database_url.clone(),
             data_dir: self.data_dir.clone(),
             listen: self.listen.clone(),
@@ -151,7 +155,9 @@ impl Common {
             metrics_token: self.metrics_token.clone(),
             metrics_listen: self.metrics_listen.clone(),
             log_format: self.log_format.clone(),
+            ..Overrides::default()
         };
+        self.storage.apply(&mut over);
         let s = Settings::resolve(over, file)?;
         logging::init(s.log_format);
         for key in unknown {
@@ -340,6 +346,7 @@ async fn dev(s: Settings) -> anyhow::Result<()> {
     )
     .await?;
     let state = app::api_state(&svc, registry, &s);
+    let housekeeping = storage::Duties::start(&svc, &s);
     let stop = CancellationToken::new();
     let stop_serving = stop.clone();
     let served = app::serve(
@@ -365,6 +372,7 @@ async fn dev(s: Settings) -> anyhow::Result<()> {
         }
     };
     runtime.shutdown(s.shutdown_grace).await;
+    housekeeping.stop().await;
     // After the drain, so the spans it closed go out in the final flush.
     if let Some(otlp) = otlp {
         otlp.shutdown().await;
@@ -401,10 +409,12 @@ async fn worker(s: Settings) -> anyhow::Result<()> {
     let registry = app::builtin_registry(&svc.pool, &s)?;
     let runtime =
         WorkerRuntime::start(svc.pool.clone(), svc.hub.clone(), registry, s.worker()).await?;
+    let housekeeping = storage::Duties::start(&svc, &s);
     println!("spool worker {} running", runtime.worker_id());
     shutdown_signal().await;
     eprintln!("draining (grace {:?})…", s.shutdown_grace);
     runtime.shutdown(s.shutdown_grace).await;
+    housekeeping.stop().await;
     // After the drain, so the spans it closed go out in the final flush.
     if let Some(otlp) = otlp {
         otlp.shutdown().await;

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::housekeeping::{Housekeeping, Retention};
 use crate::llm::config::Models;
 use crate::logging::LogFormat;
 use crate::queue::backoff::Backoff;
+use crate::store::Blobs;
 use crate::tools::Workspace;
 use crate::worker::WorkerConfig;
 
@@ -28,7 +30,13 @@ pub struct FileConfig {
 }
 
 /// Keys a `spool.toml` may hold besides the settings: sections later features read.
-const SECTIONS: [&str; 4] = ["models", "workspaces", "default_model", "subagents"];
+const SECTIONS: [&str; 5] = [
+    "models",
+    "workspaces",
+    "default_model",
+    "subagents",
+    "blob_options",
+];
 
 /// Errors reading configuration.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +139,12 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     /// Text or JSON lines on stderr.
     pub log_format: LogFormat,
+    /// Where blobs go: `<data_dir>/blobs`, or the store `blob_url` names.
+    pub blobs: Blobs,
+    /// Largest accepted attachment, in bytes.
+    pub max_upload_bytes: usize,
+    /// The orphan sweep and retention pruning every worker takes part in.
+    pub housekeeping: Housekeeping,
 }
 
 /// One layer of settings: the command line and environment (clap merges the two), or the file.
@@ -153,11 +167,19 @@ pub struct Overrides {
     pub metrics_token: Option<String>,
     pub metrics_listen: Option<String>,
     pub log_format: Option<String>,
+    pub blob_url: Option<String>,
+    pub max_upload_bytes: Option<usize>,
+    pub offload_bytes: Option<usize>,
+    pub orphan_grace_s: Option<u64>,
+    pub retain_days: Option<u32>,
+    pub retain_events_days: Option<u32>,
+    pub retain_spans_days: Option<u32>,
+    pub housekeeping_interval_s: Option<u64>,
 }
 
 impl Overrides {
     /// The setting names, as written in `spool.toml`.
-    pub const KEYS: [&str; 17] = [
+    pub const KEYS: [&str; 25] = [
         "compaction_share",
         "database_url",
         "data_dir",
@@ -175,6 +197,14 @@ impl Overrides {
         "metrics_token",
         "metrics_listen",
         "log_format",
+        "blob_url",
+        "max_upload_bytes",
+        "offload_bytes",
+        "orphan_grace_s",
+        "retain_days",
+        "retain_events_days",
+        "retain_spans_days",
+        "housekeeping_interval_s",
     ];
 
     /// This layer, with gaps filled from `below`.
@@ -197,6 +227,16 @@ impl Overrides {
             metrics_token: self.metrics_token.or(below.metrics_token),
             metrics_listen: self.metrics_listen.or(below.metrics_listen),
             log_format: self.log_format.or(below.log_format),
+            blob_url: self.blob_url.or(below.blob_url),
+            max_upload_bytes: self.max_upload_bytes.or(below.max_upload_bytes),
+            offload_bytes: self.offload_bytes.or(below.offload_bytes),
+            orphan_grace_s: self.orphan_grace_s.or(below.orphan_grace_s),
+            retain_days: self.retain_days.or(below.retain_days),
+            retain_events_days: self.retain_events_days.or(below.retain_events_days),
+            retain_spans_days: self.retain_spans_days.or(below.retain_spans_days),
+            housekeeping_interval_s: self
+                .housekeeping_interval_s
+                .or(below.housekeeping_interval_s),
         }
     }
 }
@@ -255,9 +295,30 @@ impl Settings {
             })?,
             None => LogFormat::default(),
         };
+        let data_dir = v.data_dir.unwrap_or_else(|| PathBuf::from(".spool"));
+        let blobs = blob_store(
+            v.blob_url.as_deref(),
+            &data_dir,
+            &file.other,
+            v.offload_bytes,
+        )?;
+        let days = |d: Option<u32>| {
+            d.filter(|d| *d > 0)
+                .map(|d| Duration::from_secs(u64::from(d) * 86_400))
+        };
+        let jobs = days(v.retain_days);
+        let housekeeping = Housekeeping {
+            interval: Duration::from_secs(v.housekeeping_interval_s.unwrap_or(600).max(1)),
+            orphan_grace: Duration::from_secs(v.orphan_grace_s.unwrap_or(3600)),
+            retain: Retention {
+                jobs,
+                events: days(v.retain_events_days).or(jobs),
+                spans: days(v.retain_spans_days).or(jobs),
+            },
+        };
         Ok(Self {
             database_url: v.database_url.filter(|u| !u.is_empty()),
-            data_dir: v.data_dir.unwrap_or_else(|| PathBuf::from(".spool")),
+            data_dir,
             listen,
             concurrency,
             queues: v.queues.unwrap_or_else(|| vec!["default".into()]),
@@ -283,6 +344,9 @@ impl Settings {
                 .map(Secret),
             metrics_listen,
             log_format,
+            blobs,
+            max_upload_bytes: v.max_upload_bytes.unwrap_or(20 * 1024 * 1024).max(1),
+            housekeeping,
         })
     }
 
@@ -296,100 +360,37 @@ impl Settings {
             // Rescue soon after a lease can have lapsed, but never hammer the database.
             rescue_interval: (self.lease / 2).clamp(Duration::from_secs(1), Duration::from_secs(5)),
             backoff: self.backoff,
+            blobs: Some(self.blobs.clone()),
             ..WorkerConfig::default()
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flags_win_over_the_file_which_wins_over_defaults() {
-        let file: FileConfig = toml::from_str(
-            r#"
-            listen = "0.0.0.0:9000"
-            concurrency = 4
-            lease_s = 12
-            default_model = "mock"
-            [[models]]
-            name = "mock"
-            provider = "mock"
-            [[workspaces]]
-            name = "demo"
-            root = "/srv/demo"
-            "#,
-        )
-        .expect("parse");
-        let over = Overrides {
-            concurrency: Some(9),
-            ..Overrides::default()
-        };
-        let s = Settings::resolve(over, file).expect("resolve");
-        assert_eq!(s.concurrency, 9);
-        assert_eq!(s.listen.to_string(), "0.0.0.0:9000");
-        assert_eq!(s.lease, Duration::from_secs(12));
-        assert_eq!(s.db_pool, 20);
-        assert_eq!(s.worker().heartbeat, Duration::from_secs(4));
-        assert_eq!(s.models.default_model().name, "mock");
-        assert_eq!(s.workspaces.len(), 1);
-        assert!(
-            !s.workspaces[0].allow_commands,
-            "commands are off unless enabled"
-        );
-    }
-
-    #[test]
-    fn bad_values_are_named() {
-        let over = Overrides {
-            listen: Some("nowhere".into()),
-            ..Overrides::default()
-        };
-        let err = Settings::resolve(over, FileConfig::default()).expect_err("must fail");
-        assert!(err.to_string().contains("listen"), "{err}");
-        let typed: Result<FileConfig, _> = toml::from_str("concurrency = \"many\"");
-        assert!(typed.is_err());
-        let over = Overrides {
-            log_format: Some("yaml".into()),
-            ..Overrides::default()
-        };
-        let err = Settings::resolve(over, FileConfig::default()).expect_err("must fail");
-        assert!(err.to_string().contains("log_format"), "{err}");
-    }
-
-    #[test]
-    fn metrics_and_log_settings_layer_and_hide_the_token() {
-        let file: FileConfig = toml::from_str(
-            r#"
-            metrics_token = "from-file"
-            log_format = "json"
-            metrics_listen = "127.0.0.1:9464"
-            "#,
-        )
-        .expect("parse");
-        assert!(file.unknown_keys().is_empty(), "{:?}", file.unknown_keys());
-        let over = Overrides {
-            metrics_token: Some("from-env".into()),
-            ..Overrides::default()
-        };
-        let s = Settings::resolve(over, file).expect("resolve");
-        assert_eq!(
-            s.metrics_token.as_ref().map(Secret::expose),
-            Some("from-env")
-        );
-        assert_eq!(s.log_format, LogFormat::Json);
-        assert_eq!(s.metrics_listen.map(|a| a.port()), Some(9464));
-        assert!(
-            !format!("{s:?}").contains("from-env"),
-            "the token is never printed"
-        );
-        let blank = Overrides {
-            metrics_token: Some("  ".into()),
-            ..Overrides::default()
-        };
-        let s = Settings::resolve(blank, FileConfig::default()).expect("resolve");
-        assert!(s.metrics_token.is_none());
-        assert_eq!(s.log_format, LogFormat::Text);
-    }
+/// The blob store: `blob_url` (or `<data_dir>/blobs`), with `[blob_options]` for its builder.
+fn blob_store(
+    url: Option<&str>,
+    data_dir: &Path,
+    file: &toml::Table,
+    offload_bytes: Option<usize>,
+) -> Result<Blobs, ConfigError> {
+    let invalid = |key, message| ConfigError::Invalid { key, message };
+    let options: Vec<(String, String)> = match file.get("blob_options") {
+        None => Vec::new(),
+        Some(toml::Value::Table(t)) => t
+            .iter()
+            .map(|(k, v)| match v {
+                toml::Value::String(s) => Ok((k.clone(), s.clone())),
+                toml::Value::Boolean(b) => Ok((k.clone(), b.to_string())),
+                toml::Value::Integer(i) => Ok((k.clone(), i.to_string())),
+                _ => Err(invalid("blob_options", format!("{k} must be a string"))),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(invalid("blob_options", "must be a table".into())),
+    };
+    let offload = offload_bytes.unwrap_or(crate::store::DEFAULT_OFFLOAD_BYTES);
+    Blobs::open(url, data_dir, &options, offload.max(1024))
+        .map_err(|e| invalid("blob_url", e.to_string()))
 }
+
+#[cfg(test)]
+mod tests;

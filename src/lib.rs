@@ -1,6 +1,8 @@
 //! Spool: a durable, Postgres-backed job system for AI-agent work.
 //!
-//! Dependencies point one way: `api` → domain → `queue`/`events` → `db`. Rust users register
+//! Dependencies point one way: `api` → domain → `queue`/`events` → `db`, with `store` (blobs)
+//! beside `db` at the bottom; `housekeeping` sits above the domains whose rows it prunes and
+//! whose blob references it asks about. Rust users register
 //! their own kinds on a [`worker::Registry`] and enqueue from their own transactions with
 //! [`enqueue`].
 
@@ -10,6 +12,7 @@ pub mod app;
 pub mod config;
 pub mod db;
 pub mod events;
+pub mod housekeeping;
 pub mod kinds;
 pub mod llm;
 pub mod logging;
@@ -17,6 +20,7 @@ pub mod metrics;
 pub mod net;
 pub mod projects;
 pub mod queue;
+pub mod store;
 pub mod tools;
 pub mod trace;
 pub mod web;

@@ -1,5 +1,6 @@
 // Spool's page glue: htmx settings, SSE resume cursors, the "reconnecting…" badge, the polling
-// fallback, error toasts and Enter-to-send. Pages work without it; it only makes them live.
+// fallback, error toasts, Enter-to-send and file uploads on the chat page. Pages work without
+// it; it only makes them live (and attaching files needs it).
 (function () {
   "use strict";
   if (typeof htmx === "undefined") return;
@@ -113,12 +114,129 @@
   });
   document.addEventListener("htmx:sendError", () => toast("The server could not be reached."));
 
-  // Enter sends, Shift+Enter adds a line.
+  // Enter sends, Shift+Enter adds a line. A message of attached files alone may be sent too.
   document.addEventListener("keydown", (e) => {
     const box = e.target;
     if (e.key !== "Enter" || e.shiftKey || e.isComposing) return;
     if (!(box instanceof HTMLTextAreaElement) || !box.hasAttribute("data-enter-submits")) return;
     e.preventDefault();
-    if (box.value.trim() && box.form) box.form.requestSubmit();
+    const form = box.form;
+    if (!form) return;
+    if (box.value.trim() || form.querySelector("#attached .chip[data-id]")) form.requestSubmit();
   });
+
+  // Attachments: each picked or dropped file is uploaded at once, with the CSRF header the page
+  // gives htmx; the composer's hidden field then carries the ids of those that arrived.
+  function csrfToken() {
+    try {
+      return JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRF-Token"] || "";
+    } catch (_) {
+      return "";
+    }
+  }
+
+  function syncAttached(form) {
+    const ids = Array.from(form.querySelectorAll("#attached .chip[data-id]")).map((c) => c.dataset.id);
+    const field = form.querySelector("#attachments");
+    if (field) field.value = ids.join(",");
+  }
+
+  function removeButton(name) {
+    const x = document.createElement("button");
+    x.type = "button";
+    x.className = "chip-x";
+    x.setAttribute("aria-label", "Remove " + name);
+    x.textContent = "×";
+    return x;
+  }
+
+  async function uploadFile(form, file) {
+    const list = form.querySelector("#attached");
+    if (!list || !form.dataset.upload) return;
+    const chip = document.createElement("li");
+    chip.className = "chip uploading";
+    chip.textContent = file.name + " · uploading…";
+    list.appendChild(chip);
+    const body = new FormData();
+    body.append("file", file, file.name);
+    try {
+      const res = await fetch(form.dataset.upload, {
+        method: "POST",
+        body,
+        credentials: "same-origin",
+        headers: { "X-CSRF-Token": csrfToken(), Accept: "application/json" },
+      });
+      const data = await res.json().catch(() => null);
+      if (!res.ok || !data || !data.attachment_id) {
+        chip.remove();
+        const why = data && data.error ? data.error.message : "the server answered " + res.status;
+        toast(file.name + " was not attached: " + why + ".");
+        return;
+      }
+      chip.className = "chip";
+      chip.dataset.id = data.attachment_id;
+      chip.textContent = data.name + " ";
+      chip.appendChild(removeButton(data.name));
+      syncAttached(form);
+    } catch (_) {
+      chip.remove();
+      toast(file.name + " was not attached: the server could not be reached.");
+    }
+  }
+
+  function uploadAll(form, files) {
+    Array.from(files || []).forEach((f) => uploadFile(form, f));
+  }
+
+  document.addEventListener("change", (e) => {
+    const input = e.target;
+    if (!(input instanceof HTMLInputElement) || input.type !== "file" || !input.form) return;
+    if (input.form.id !== "composer") return;
+    uploadAll(input.form, input.files);
+    input.value = "";
+  });
+
+  document.addEventListener("click", (e) => {
+    const x = e.target instanceof Element ? e.target.closest(".chip-x") : null;
+    const form = x && x.closest("form");
+    if (!x || !form) return;
+    x.closest(".chip").remove();
+    syncAttached(form);
+  });
+
+  document.addEventListener("dragover", (e) => {
+    const form = e.target instanceof Element ? e.target.closest("#composer") : null;
+    if (!form) return;
+    e.preventDefault();
+    form.classList.add("dropping");
+  });
+  document.addEventListener("dragleave", (e) => {
+    const form = e.target instanceof Element ? e.target.closest("#composer") : null;
+    if (form) form.classList.remove("dropping");
+  });
+  document.addEventListener("drop", (e) => {
+    const form = e.target instanceof Element ? e.target.closest("#composer") : null;
+    if (!form || !e.dataTransfer) return;
+    e.preventDefault();
+    form.classList.remove("dropping");
+    uploadAll(form, e.dataTransfer.files);
+  });
+
+  // A message is not sent while its files are still uploading: they would be left out.
+  document.addEventListener("htmx:confirm", (e) => {
+    const form = e.target;
+    if (form instanceof HTMLFormElement && form.querySelector("#attached .chip.uploading")) {
+      e.preventDefault();
+      toast("Wait until the files have finished uploading.");
+    }
+  });
+
+  // Controls that need this script are hidden in the markup and shown here.
+  function reveal(root) {
+    root.querySelectorAll("[data-needs-js]").forEach((el) => {
+      el.hidden = false;
+    });
+  }
+  document.addEventListener("DOMContentLoaded", () => reveal(document));
+  document.addEventListener("htmx:load", (e) => reveal(e.target));
 })();

@@ -30,6 +30,7 @@ fn msg(role: Role, content: &str) -> ChatMessage {
         content: Some(content.to_owned()),
         tool_calls: Vec::new(),
         tool_call_id: None,
+        media: vec![],
     }
 }
 

@@ -564,6 +564,7 @@ async fn every_llm_call_is_counted_under_its_model() {
             content: Some("count these forty characters, please!!".into()),
             tool_calls: vec![],
             tool_call_id: None,
+            media: vec![],
         }],
         tools: vec![],
         max_tokens: None,

@@ -75,6 +75,7 @@ pub async fn summarise(
         content: Some("Write the summary now.".into()),
         tool_calls: vec![],
         tool_call_id: None,
+        media: vec![],
     });
     let req = ChatRequest {
         model: model.wire_model().to_owned(),
@@ -98,6 +99,7 @@ fn system(text: &str) -> ChatMessage {
         content: Some(text.to_owned()),
         tool_calls: vec![],
         tool_call_id: None,
+        media: vec![],
     }
 }
 
@@ -123,7 +125,7 @@ pub(super) async fn compact(
         return Ok(());
     };
     ctx.emit("compaction_started", json!({ "messages": earlier.len() }));
-    let history = history::build(None, None, &earlier);
+    let history = history::build(None, None, &earlier, &history::Files::default());
     match summarise(
         &deps.llm,
         model,

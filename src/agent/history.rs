@@ -5,9 +5,18 @@
 use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
+use uuid::Uuid;
 
+use super::attachments::Loaded;
 use super::store::Message;
 use crate::llm::{ChatMessage, Role, ToolCall};
+
+/// The attachments a turn sends, loaded once per turn, and whether the model sees images.
+#[derive(Debug, Default)]
+pub struct Files {
+    pub loaded: HashMap<Uuid, Loaded>,
+    pub vision: bool,
+}
 
 /// What a call that never got a result is answered with, so the history stays well-formed.
 pub const INTERRUPTED: &str = "error: this tool call was interrupted and has no result";
@@ -34,6 +43,7 @@ pub fn build(
     system: Option<&str>,
     summary: Option<&str>,
     messages: &[Message],
+    files: &Files,
 ) -> Vec<ChatMessage> {
     let results: HashMap<&str, &Message> = messages
         .iter()
@@ -42,29 +52,17 @@ pub fn build(
         .collect();
     let mut out = Vec::with_capacity(messages.len() + 1);
     if let Some(s) = system.filter(|s| !s.is_empty()) {
-        out.push(ChatMessage {
-            role: Role::System,
-            content: Some(s.to_owned()),
-            tool_calls: vec![],
-            tool_call_id: None,
-        });
+        out.push(ChatMessage::text(Role::System, s));
     }
     if let Some(s) = summary {
-        out.push(ChatMessage {
-            role: Role::System,
-            content: Some(format!("Summary of the earlier conversation:\n{s}")),
-            tool_calls: vec![],
-            tool_call_id: None,
-        });
+        out.push(ChatMessage::text(
+            Role::System,
+            format!("Summary of the earlier conversation:\n{s}"),
+        ));
     }
     for m in messages {
         match (m.role.as_str(), m.status.as_str()) {
-            ("user", _) => out.push(ChatMessage {
-                role: Role::User,
-                content: Some(text(&m.content).unwrap_or_default()),
-                tool_calls: vec![],
-                tool_call_id: None,
-            }),
+            ("user", _) => out.push(user_message(&m.content, files)),
             ("assistant", "complete" | "cancelled" | "error") => {
                 let calls = tool_calls(&m.content);
                 let content = text(&m.content);
@@ -76,6 +74,7 @@ pub fn build(
                     content,
                     tool_calls: calls.clone(),
                     tool_call_id: None,
+                    media: vec![],
                 });
                 for call in calls {
                     let result = results
@@ -83,10 +82,8 @@ pub fn build(
                         .and_then(|r| r.content.get("content").and_then(Value::as_str))
                         .unwrap_or(INTERRUPTED);
                     out.push(ChatMessage {
-                        role: Role::Tool,
-                        content: Some(result.to_owned()),
-                        tool_calls: vec![],
                         tool_call_id: Some(call.id),
+                        ..ChatMessage::text(Role::Tool, result)
                     });
                 }
             }
@@ -95,6 +92,54 @@ pub fn build(
         }
     }
     out
+}
+
+/// A user message: its text, with text files inlined by name and images beside it for a model
+/// that sees them (and named in the text for one that does not).
+fn user_message(content: &Value, files: &Files) -> ChatMessage {
+    let summaries: HashMap<&str, &str> = content
+        .get("attachments")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| Some((a.get("id")?.as_str()?, a.get("name")?.as_str()?)))
+        .collect();
+    let blocks = content.get("input").and_then(Value::as_array);
+    let (Some(blocks), false) = (blocks, summaries.is_empty()) else {
+        return ChatMessage::text(Role::User, text(content).unwrap_or_default());
+    };
+    let mut parts: Vec<String> = Vec::new();
+    let mut media = Vec::new();
+    for b in blocks {
+        if let Some(t) = b.get("text").and_then(Value::as_str) {
+            parts.push(t.to_owned());
+            continue;
+        }
+        let Some(id) = b.get("attachment_id").and_then(Value::as_str) else {
+            continue;
+        };
+        let named = summaries.get(id).copied().unwrap_or(id);
+        let loaded = id.parse::<Uuid>().ok().and_then(|id| files.loaded.get(&id));
+        parts.push(match loaded {
+            Some(Loaded::Text { name, text }) => format!("<file name=\"{name}\">\n{text}\n</file>"),
+            Some(Loaded::Media(m)) if files.vision => {
+                media.push(m.clone());
+                continue;
+            }
+            Some(Loaded::Media(m)) => format!(
+                "[attached file `{}` ({}) is not shown: this model does not accept images]",
+                m.name, m.media_type
+            ),
+            Some(Loaded::Missing { name }) => {
+                format!("[attached file `{name}` is no longer available]")
+            }
+            None => format!("[attached file `{named}`]"),
+        });
+    }
+    ChatMessage {
+        media,
+        ..ChatMessage::text(Role::User, parts.join("\n\n"))
+    }
 }
 
 /// The calls of the turn's last assistant message that have no stored result yet: on resume they
@@ -154,7 +199,7 @@ mod tests {
             ),
             msg("tool", json!({ "content": "result a" }), Some("a"), t),
         ];
-        let out = build(Some("sys"), None, &history);
+        let out = build(Some("sys"), None, &history, &Files::default());
         let roles: Vec<Role> = out.iter().map(|m| m.role).collect();
         assert_eq!(
             roles,

@@ -4,6 +4,7 @@
 //! Owns `sessions` and `messages`; uses the queue to enqueue and cancel turns and never touches
 //! job rows itself except through the lease fence of its own writes.
 
+pub mod attachments;
 pub mod compaction;
 pub mod history;
 pub mod saver;

@@ -8,9 +8,10 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::store;
+use super::{attachments, store};
 use crate::queue::control::{self, active_with_key};
 use crate::queue::{Enqueued, JobState, NewJob, QueueError, enqueue};
+use crate::store::Blobs;
 
 /// The job kind of a chat turn.
 pub const TURN_KIND: &str = "agent.turn";
@@ -40,6 +41,9 @@ pub struct NewTurn<'a> {
     pub idempotency_key: Option<String>,
     /// The caller's trace, from `traceparent`.
     pub trace: Option<crate::trace::TraceParent>,
+    /// What the user message records of the attachments the input names (see
+    /// [`super::attachments::check_turn`]).
+    pub attachments: Vec<Value>,
 }
 
 impl<'a> NewTurn<'a> {
@@ -51,6 +55,7 @@ impl<'a> NewTurn<'a> {
             multitask: Multitask::Enqueue,
             idempotency_key: None,
             trace: None,
+            attachments: Vec::new(),
         }
     }
 }
@@ -98,6 +103,7 @@ pub async fn send_turn(
         multitask,
         idempotency_key,
         trace,
+        attachments,
     } = turn;
     let key = turn_key(session_id);
     let mut job = NewJob::new(
@@ -159,13 +165,11 @@ pub async fn send_turn(
             message_id,
         });
     }
-    let message_id = store::insert_user_message(
-        &mut tx,
-        session_id,
-        turn_id,
-        &json!({ "text": input_text(input) , "input": input }),
-    )
-    .await?;
+    let mut content = json!({ "text": input_text(input), "input": input });
+    if !attachments.is_empty() {
+        content["attachments"] = Value::Array(attachments);
+    }
+    let message_id = store::insert_user_message(&mut tx, session_id, turn_id, &content).await?;
     let title: String = input_text(input).chars().take(100).collect();
     if !title.trim().is_empty() {
         store::set_title_if_empty(&mut tx, session_id, title.trim()).await?;
@@ -265,8 +269,14 @@ pub async fn abort(
     }
 }
 
-/// Cancels every unfinished turn, then deletes the session and its transcript.
-pub async fn delete(pool: &PgPool, project_id: Uuid, session_id: Uuid) -> Result<(), SessionError> {
+/// Cancels every unfinished turn, then deletes the session with its transcript and attachments.
+/// Attachment bytes that cannot be deleted now are left to the orphan sweep.
+pub async fn delete(
+    pool: &PgPool,
+    blobs: &Blobs,
+    project_id: Uuid,
+    session_id: Uuid,
+) -> Result<(), SessionError> {
     let active = {
         let mut conn = pool.acquire().await?;
         store::session(&mut conn, project_id, session_id, false)
@@ -280,6 +290,10 @@ pub async fn delete(pool: &PgPool, project_id: Uuid, session_id: Uuid) -> Result
             Err(e) => return Err(e.into()),
         }
     }
+    let keys = attachments::keys_of_session(pool, session_id).await?;
     store::delete_session(pool, project_id, session_id).await?;
+    if let Err(e) = blobs.delete(pool, &keys).await {
+        tracing::warn!(error = %e, session = %session_id, "deleting attachment blobs failed; the orphan sweep will");
+    }
     Ok(())
 }

@@ -75,8 +75,8 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
     let req = ChatRequest {
         model: model.wire_model().to_owned(),
         messages: vec![
-            ChatMessage { role: Role::System, content: Some("Write a title of at most six words for this conversation. Answer with the title only.".into()), tool_calls: vec![], tool_call_id: None },
-            ChatMessage { role: Role::User, content: Some(excerpt), tool_calls: vec![], tool_call_id: None },
+            ChatMessage { role: Role::System, content: Some("Write a title of at most six words for this conversation. Answer with the title only.".into()), tool_calls: vec![], tool_call_id: None, media: vec![] },
+            ChatMessage { role: Role::User, content: Some(excerpt), tool_calls: vec![], tool_call_id: None, media: vec![] },
         ],
         tools: vec![],
         max_tokens: Some(32),

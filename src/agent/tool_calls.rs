@@ -83,6 +83,9 @@ pub async fn run(r: &Round<'_>, calls: &[ToolCall], may_wait: bool) -> Result<()
                 "tool_call_id": call.id, "name": call.name, "content": out.content, "is_error": out.is_error,
                 "truncated": out.truncated, "data": out.data, "duration_ms": started.elapsed().as_millis() as u64,
             });
+            // A large output is written as a blob before the row and the event that refer to it;
+            // both carry the same small reference.
+            let content = r.deps.blobs.offload_or_keep(&r.deps.pool, r.ctx.project_id, r.ctx.id, content).await;
             let stored = store::insert_tool_result(&r.deps.pool, fence, r.session_id, &call.id, &content).await;
             Ok(Ok((content, stored)))
         })

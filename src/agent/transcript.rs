@@ -11,6 +11,7 @@ use super::store::{self, Message, Session, TurnJob};
 use crate::events::{Event, log};
 use crate::queue::JobState;
 use crate::queue::control::active_with_key;
+use crate::store::Blobs;
 
 /// The most events of one running turn a page replays.
 const MAX_TURN_EVENTS: i64 = 20_000;
@@ -30,8 +31,10 @@ pub struct Snapshot {
 }
 
 /// Reads session `id` of `project_id` in one snapshot; `None` if there is no such session.
+/// Offloaded tool results and event payloads come resolved.
 pub async fn snapshot(
     pool: &PgPool,
+    blobs: &Blobs,
     project_id: Uuid,
     id: Uuid,
 ) -> Result<Option<Snapshot>, crate::queue::QueueError> {
@@ -41,18 +44,19 @@ pub async fn snapshot(
         return Ok(None);
     };
     let cursor = log::stream_head(&mut *tx, id).await?;
-    let messages = store::messages(&mut *tx, id).await?;
+    let mut messages = store::messages(&mut *tx, id).await?;
     let mut ids: Vec<Uuid> = messages.iter().map(|m| m.turn_id).collect();
     ids.dedup();
     let turns = store::turn_jobs(&mut *tx, project_id, &ids).await?;
     let active = active_with_key(&mut tx, project_id, &turn_key(id)).await?;
-    let running_events = match active.first() {
+    let mut running_events = match active.first() {
         Some((turn, JobState::Running | JobState::Waiting)) => {
             log::read_after(&mut *tx, *turn, 0, MAX_TURN_EVENTS).await?
         }
         _ => Vec::new(),
     };
     tx.commit().await?;
+    resolve(blobs, project_id, &mut messages, &mut running_events).await;
     Ok(Some(Snapshot {
         session,
         cursor,
@@ -77,6 +81,7 @@ pub struct TurnNow {
 /// the page is sent next, are not shown twice.
 pub async fn turn_now(
     pool: &PgPool,
+    blobs: &Blobs,
     project_id: Uuid,
     session_id: Uuid,
     turn_id: Uuid,
@@ -88,9 +93,9 @@ pub async fn turn_now(
         .await?
         .into_iter()
         .next();
-    let messages = store::turn_messages(&mut *tx, session_id, turn_id).await?;
+    let mut messages = store::turn_messages(&mut *tx, session_id, turn_id).await?;
     let active = active_with_key(&mut tx, project_id, &turn_key(session_id)).await?;
-    let events = match &job {
+    let mut events = match &job {
         Some(j) if matches!(j.state, JobState::Running | JobState::Waiting) => {
             let mut events = log::read_after(&mut *tx, turn_id, 0, MAX_TURN_EVENTS).await?;
             events.retain(|e| e.seq <= upto_seq);
@@ -99,10 +104,23 @@ pub async fn turn_now(
         _ => Vec::new(),
     };
     tx.commit().await?;
+    resolve(blobs, project_id, &mut messages, &mut events).await;
     Ok(TurnNow {
         job,
         messages,
         events,
         active,
     })
+}
+
+/// Resolves offloaded tool results and event payloads (after the snapshot's transaction, so no
+/// blob read holds it open).
+async fn resolve(blobs: &Blobs, project_id: Uuid, messages: &mut [Message], events: &mut [Event]) {
+    let values = messages
+        .iter_mut()
+        .filter(|m| m.role == "tool")
+        .map(|m| &mut m.content)
+        .chain(events.iter_mut().map(|e| &mut e.data))
+        .collect();
+    blobs.resolve_all(project_id, values).await;
 }

@@ -10,17 +10,17 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::compaction::{self, Policy};
+use super::history::Files;
 use super::saver::{Buffer, PartialSaver};
 use super::sessions::TURN_KIND;
 use super::spans;
 use super::store;
 use super::subagents;
 use super::tool_calls::{self, Round};
-use super::{history, title};
+use super::{attachments, history, title};
 use crate::llm::config::{ModelConfig, Models};
-use crate::llm::{
-    ChatRequest, Completion, LlmClient, LlmError, StreamEvent, ToolDef, Usage,
-};
+use crate::llm::{ChatRequest, Completion, LlmClient, LlmError, StreamEvent, ToolDef, Usage};
+use crate::store::Blobs;
 use crate::tools::{self, ToolContext, Workspace};
 use crate::worker::{JobContext, JobError, Registry};
 
@@ -42,6 +42,8 @@ pub struct AgentDeps {
     pub saver: PartialSaver,
     /// Limits on spawning subagents.
     pub subagent_limits: subagents::Limits,
+    /// Attachments' bytes, and where tool outputs over the offload limit go.
+    pub blobs: Blobs,
 }
 
 /// Adds the `agent.turn` kind to `registry`.
@@ -93,8 +95,10 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
         json!({ "usage": end.usage, "cost_usd": end.cost, "model": end.model, "rounds": end.rounds,
                 "subagents": subs, "total_cost_usd": end.cost + sub_cost }),
     );
-    Ok(json!({ "session_id": end.session_id, "usage": end.usage, "cost_usd": end.cost,
-               "rounds": end.rounds, "subagents": subs, "total_cost_usd": end.cost + sub_cost }))
+    Ok(
+        json!({ "session_id": end.session_id, "usage": end.usage, "cost_usd": end.cost,
+               "rounds": end.rounds, "subagents": subs, "total_cost_usd": end.cost + sub_cost }),
+    )
 }
 
 /// What sets a subagent's loop apart from a chat turn's.
@@ -209,12 +213,27 @@ pub(super) async fn run_loop(
     let mut rounds = 0usize;
     let mut budget_exhausted = false;
     let (mut summary, mut upto) = (session.summary.clone(), session.summary_upto);
-    let first_turn = {
+    let (first_turn, files) = {
         let all = store::messages(&deps.pool, session_id).await.map_err(db)?;
-        let visible: Vec<_> = all
+        let mut visible: Vec<_> = all
             .into_iter()
             .filter(|m| m.turn_id <= ctx.id && upto.is_none_or(|u| m.turn_id > u))
             .collect();
+        resolve_outputs(deps, ctx, &mut visible).await;
+        // Attachments are read once per turn: only user messages name them, and those do not
+        // change while the turn runs.
+        let named: Vec<&Value> = visible
+            .iter()
+            .filter(|m| m.role == "user")
+            .map(|m| &m.content)
+            .collect();
+        let loaded = attachments::load(&deps.pool, &deps.blobs, session_id, &named)
+            .await
+            .map_err(db)?;
+        let files = Files {
+            loaded,
+            vision: model.vision,
+        };
         if deps.compaction.due(&visible, model.context_window) {
             compaction::compact(
                 deps,
@@ -228,13 +247,17 @@ pub(super) async fn run_loop(
             )
             .await?;
         }
-        upto.is_none() && visible.iter().all(|m| m.turn_id == ctx.id)
+        (
+            upto.is_none() && visible.iter().all(|m| m.turn_id == ctx.id),
+            files,
+        )
     };
     loop {
         let mut messages = store::messages(&deps.pool, session_id).await.map_err(db)?;
         // Later turns' messages (already stored while they wait) are not this turn's context, and
         // summarised turns are sent as their summary.
         messages.retain(|m| m.turn_id <= ctx.id && upto.is_none_or(|u| m.turn_id > u));
+        resolve_outputs(deps, ctx, &mut messages).await;
         let pending = history::pending_calls(&messages, ctx.id);
         if !pending.is_empty() {
             // Resuming after a crash or a wait: only the calls without a stored result run, and
@@ -257,7 +280,7 @@ pub(super) async fn run_loop(
         let offer_tools = done_rounds + 1 < deps.max_rounds;
         let req = ChatRequest {
             model: model.wire_model().to_owned(),
-            messages: history::build(system.as_deref(), summary.as_deref(), &messages),
+            messages: history::build(system.as_deref(), summary.as_deref(), &messages, &files),
             tools: if offer_tools {
                 defs.clone()
             } else {
@@ -449,4 +472,14 @@ async fn step(
             }
         }
     }
+}
+
+/// Replaces offloaded tool outputs with their content, so the model sees them whole.
+async fn resolve_outputs(deps: &AgentDeps, ctx: &JobContext, messages: &mut [store::Message]) {
+    let outputs = messages
+        .iter_mut()
+        .filter(|m| m.role == "tool")
+        .map(|m| &mut m.content)
+        .collect();
+    deps.blobs.resolve_all(ctx.project_id, outputs).await;
 }

@@ -65,6 +65,16 @@ impl ApiError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message).with_field(field)
     }
 
+    /// 415: a file type that is not accepted.
+    pub fn unsupported_media_type(field: &str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            message,
+        )
+        .with_field(field)
+    }
+
     /// 422: well-formed but not processable (e.g. an unknown job kind).
     pub fn unprocessable(code: &'static str, field: &str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message).with_field(field)
@@ -110,6 +120,19 @@ impl From<sqlx::Error> for ApiError {
                 Self::unavailable("database unavailable")
             }
             other => Self::internal(other),
+        }
+    }
+}
+
+impl From<crate::store::BlobError> for ApiError {
+    fn from(e: crate::store::BlobError) -> Self {
+        match e {
+            crate::store::BlobError::Db(d) => d.into(),
+            crate::store::BlobError::NotFound(_) => Self::not_found("blob"),
+            other => {
+                tracing::error!(error = %other, "blob store unavailable");
+                Self::unavailable("blob store unavailable")
+            }
         }
     }
 }

@@ -88,8 +88,10 @@ pub async fn job_events(
     load(&state, auth.0.project_id, id).await?;
     if wants_json(&headers) {
         let limit = bounded(q.limit.as_deref(), "limit", PAGE, 1..=1000)?;
-        let events = log::read_after(&state.pool, id, after, limit).await?;
+        let mut events = log::read_after(&state.pool, id, after, limit).await?;
         let next = events.last().map_or(after, |e| e.seq);
+        let datas = events.iter_mut().map(|e| &mut e.data).collect();
+        state.blobs.resolve_all(auth.0.project_id, datas).await;
         return Ok(Json(json!({ "events": events, "next": next })).into_response());
     }
     let stream = tail(state, auth.0.project_id, id, after);
@@ -117,7 +119,9 @@ fn tail(
                 }
             };
             let full_page = events.len() as i64 == PAGE;
-            for e in &events {
+            let empty = events.is_empty();
+            for mut e in events {
+                state.blobs.resolve(project_id, &mut e.data).await;
                 let data = serde_json::to_string(&e.data).unwrap_or_else(|_| "null".into());
                 let ev = SseEvent::default()
                     .id(e.seq.to_string())
@@ -127,14 +131,14 @@ fn tail(
                     return;
                 }
                 after = e.seq;
-                if is_terminal(e) {
+                if is_terminal(&e) {
                     return;
                 }
             }
             if full_page {
                 continue;
             }
-            if events.is_empty() {
+            if empty {
                 // Resumed past the terminal event: nothing more will come.
                 let done = match load(&state, project_id, job).await {
                     Ok(j) => j.state.is_terminal(),

@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -115,10 +116,16 @@ impl CreateJob {
     }
 }
 
-/// One job of the caller's project, or a 404.
+/// One job of the caller's project (an offloaded result resolved), or a 404.
 pub(super) async fn load(state: &AppState, project_id: Uuid, id: Uuid) -> Result<Job, ApiError> {
-    let mut conn = state.pool.acquire().await?;
-    Ok(control::fetch(&mut conn, project_id, id).await?)
+    let mut job = {
+        let mut conn = state.pool.acquire().await?;
+        control::fetch(&mut conn, project_id, id).await?
+    };
+    if let Some(r) = job.result.as_mut() {
+        state.blobs.resolve(project_id, r).await;
+    }
+    Ok(job)
 }
 
 /// `POST /api/v1/jobs`: 201 with a new job, 200 with the job an idempotency key already made.
@@ -191,6 +198,8 @@ pub async fn list(
     };
     let mut jobs = control::list(&state.pool, auth.0.project_id, &filter).await?;
     let next_cursor = input::page(&mut jobs, limit, |j| j.id);
+    let results = jobs.iter_mut().filter_map(|j| j.result.as_mut()).collect();
+    state.blobs.resolve_all(auth.0.project_id, results).await;
     Ok(Json(json!({ "jobs": jobs, "next_cursor": next_cursor })))
 }
 
@@ -256,4 +265,36 @@ pub async fn wait(
             _ = tokio::time::sleep(left) => {}
         }
     }
+}
+
+/// `GET /api/v1/jobs/{id}/result`: the result alone as JSON (`null` until there is one); an
+/// offloaded result is streamed from its blob rather than read into memory.
+pub async fn result(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = job_id(&id)?;
+    let job = {
+        let mut conn = state.pool.acquire().await?;
+        control::fetch(&mut conn, auth.0.project_id, id).await?
+    };
+    let key = job
+        .result
+        .as_ref()
+        .and_then(crate::store::reference_key)
+        .filter(|k| k.starts_with(&format!("{}/payloads/", auth.0.project_id)));
+    let Some(key) = key else {
+        return Ok(Json(job.result.unwrap_or(Value::Null)).into_response());
+    };
+    let (size, chunks) = state.blobs.stream(key).await?;
+    let body = axum::body::Body::from_stream(chunks.map(|c| c.map_err(std::io::Error::other)));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (header::CONTENT_LENGTH, size.to_string()),
+        ],
+        body,
+    )
+        .into_response())
 }

@@ -1,9 +1,11 @@
 //! REST v1 over axum: jobs, their events (SSE or JSON), health, the OpenAPI document, and the
 //! Prometheus scrape at `/metrics` (see [`metrics`]).
 //!
-//! Handlers parse and check input, then call the `queue` and `events` domains; they never write
-//! SQL. Every error is an [`ApiError`] with a JSON body, and a rejected request changes nothing.
+//! Handlers parse and check input, then call the `queue`, `events`, `agent` and `store` domains;
+//! they never write SQL. Offloaded payloads (see `store::offload`) are resolved before they are
+//! answered, so clients never see a blob reference. Every error is an [`ApiError`] with a JSON body, and a rejected request changes nothing.
 
+mod attachments;
 mod auth;
 mod error;
 mod events;
@@ -13,10 +15,16 @@ mod jobs;
 pub mod metrics;
 mod sessions;
 mod traces;
+mod turn_input;
+
+pub use attachments::{
+    MULTIPART_OVERHEAD, created as upload_answer, read_upload, stream as attachment_response,
+};
 
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use sqlx::PgPool;
 
@@ -24,6 +32,7 @@ pub use error::ApiError;
 
 use crate::events::Hub;
 use crate::llm::config::Models;
+use crate::store::Blobs;
 use crate::tools::Workspace;
 use crate::worker::Registry;
 
@@ -39,6 +48,8 @@ pub struct AppState {
     pub limits: Limits,
     /// The bearer token `/metrics` requires; without one, only loopback may scrape.
     pub metrics_token: Option<Arc<str>>,
+    /// Attachments and offloaded payloads.
+    pub blobs: Blobs,
 }
 
 /// What sessions may refer to.
@@ -53,12 +64,15 @@ pub struct AgentCatalog {
 pub struct Limits {
     /// Largest accepted `args`, serialized.
     pub max_args_bytes: usize,
+    /// Largest accepted attachment.
+    pub max_upload_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_args_bytes: 1024 * 1024,
+            max_upload_bytes: 20 * 1024 * 1024,
         }
     }
 }
@@ -70,12 +84,14 @@ pub fn router(state: AppState) -> Router {
         hub: state.hub.clone(),
         token: state.metrics_token.clone(),
     });
+    let upload_body = state.limits.max_upload_bytes + attachments::MULTIPART_OVERHEAD;
     Router::new()
         .route("/api/v1/jobs", post(jobs::create).get(jobs::list))
         .route("/api/v1/jobs/{id}", get(jobs::get))
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/api/v1/jobs/{id}/retry", post(jobs::retry))
         .route("/api/v1/jobs/{id}/wait", get(jobs::wait))
+        .route("/api/v1/jobs/{id}/result", get(jobs::result))
         .route("/api/v1/jobs/{id}/events", get(events::job_events))
         .route("/api/v1/jobs/{id}/trace", get(traces::of_job))
         .route("/api/v1/traces/{trace_id}", get(traces::get))
@@ -88,6 +104,14 @@ pub fn router(state: AppState) -> Router {
             get(sessions::get).delete(sessions::delete),
         )
         .route("/api/v1/sessions/{id}/turns", post(sessions::send))
+        .route(
+            "/api/v1/sessions/{id}/attachments",
+            post(attachments::upload).layer(DefaultBodyLimit::max(upload_body)),
+        )
+        .route(
+            "/api/v1/sessions/{id}/attachments/{attachment_id}",
+            get(attachments::download),
+        )
         .route("/api/v1/sessions/{id}/messages", get(sessions::messages))
         .route("/api/v1/sessions/{id}/events", get(sessions::events))
         .route("/api/v1/sessions/{id}/abort", post(sessions::abort))

@@ -16,14 +16,13 @@ use uuid::Uuid;
 use super::auth::Auth;
 use super::events::{EventsQuery, async_stream, cursor_from, wants_json};
 use super::input::{self, ValidQuery, bounded};
+use super::turn_input::{MAX_INPUT_BYTES, check_input};
 use super::{ApiError, AppState};
+use crate::agent::attachments;
 use crate::agent::sessions::{self, Multitask, NewTurn, SessionError};
 use crate::agent::store;
 use crate::events::log;
 use crate::projects::tokens::Scope;
-
-/// Largest accepted turn input, in bytes of JSON.
-const MAX_INPUT_BYTES: usize = 256 * 1024;
 
 impl From<SessionError> for ApiError {
     fn from(e: SessionError) -> Self {
@@ -40,11 +39,15 @@ impl From<SessionError> for ApiError {
     }
 }
 
-fn session_id(raw: &str) -> Result<Uuid, ApiError> {
+pub(super) fn session_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::not_found("session"))
 }
 
-async fn load(state: &AppState, project_id: Uuid, id: Uuid) -> Result<store::Session, ApiError> {
+pub(super) async fn load(
+    state: &AppState,
+    project_id: Uuid,
+    id: Uuid,
+) -> Result<store::Session, ApiError> {
     let mut conn = state.pool.acquire().await?;
     store::session(&mut conn, project_id, id, false)
         .await?
@@ -151,7 +154,8 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     auth.require(Scope::Write)?;
-    sessions::delete(&state.pool, auth.0.project_id, session_id(&id)?).await?;
+    let id = session_id(&id)?;
+    sessions::delete(&state.pool, &state.blobs, auth.0.project_id, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -166,45 +170,6 @@ pub struct SendTurn {
     idempotency_key: Option<String>,
 }
 
-/// Checks the input: a non-empty string, or a non-empty array of `{"type":"text","text"}` blocks.
-fn check_input(input: &Value) -> Result<(), ApiError> {
-    let size = serde_json::to_vec(input)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
-    if size > MAX_INPUT_BYTES {
-        return Err(ApiError::too_large(
-            "input",
-            format!("input is {size} bytes; the limit is {MAX_INPUT_BYTES}"),
-        ));
-    }
-    match input {
-        Value::String(s) if !s.trim().is_empty() => Ok(()),
-        Value::String(_) => Err(ApiError::invalid_field("input", "input must not be empty")),
-        Value::Array(blocks) if !blocks.is_empty() => {
-            for (i, b) in blocks.iter().enumerate() {
-                let ok = b.get("type").and_then(Value::as_str) == Some("text")
-                    && b.get("text")
-                        .and_then(Value::as_str)
-                        .is_some_and(|t| !t.trim().is_empty())
-                    && b.as_object().is_some_and(|o| o.len() == 2);
-                if !ok {
-                    return Err(ApiError::invalid_field(
-                        "input",
-                        format!(
-                            "content block {i} must be {{\"type\": \"text\", \"text\": <non-empty string>}}"
-                        ),
-                    ));
-                }
-            }
-            Ok(())
-        }
-        _ => Err(ApiError::invalid_field(
-            "input",
-            "input must be a non-empty string or array of content blocks",
-        )),
-    }
-}
-
 /// `POST /api/v1/sessions/{id}/turns`: 202 with `{turn_id, job_id, position}`.
 pub async fn send(
     State(state): State<AppState>,
@@ -217,15 +182,19 @@ pub async fn send(
     let parent = super::jobs::traceparent(req.headers());
     let body: SendTurn = input::json(req.into_body(), MAX_INPUT_BYTES + 64 * 1024).await?;
     check_input(&body.input)?;
-    if let Some(m) = &body.model
-        && state.agent.models.get(m).is_none()
-    {
+    let session = load(&state, auth.0.project_id, id).await?;
+    let model = body.model.as_deref().unwrap_or(&session.model);
+    let config = state.agent.models.get(model);
+    if body.model.is_some() && config.is_none() {
         return Err(ApiError::unprocessable(
             "unknown_model",
             "model",
-            format!("unknown model `{m}`"),
+            format!("unknown model `{model}`"),
         ));
     }
+    // A session whose model left the configuration still queues; its turn says why it fails.
+    let vision = config.is_some_and(|c| c.vision);
+    let attachments = attachments::check_turn(&state.pool, id, &body.input, model, vision).await?;
     let sent = sessions::send_turn(
         &state.pool,
         auth.0.project_id,
@@ -236,6 +205,7 @@ pub async fn send(
             multitask: body.multitask,
             idempotency_key: body.idempotency_key,
             trace: parent,
+            attachments,
         },
     )
     .await?;
@@ -249,7 +219,9 @@ pub async fn messages(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let s = load(&state, auth.0.project_id, session_id(&id)?).await?;
-    let messages = store::messages(&state.pool, s.id).await?;
+    let mut messages = store::messages(&state.pool, s.id).await?;
+    let contents = messages.iter_mut().map(|m| &mut m.content).collect();
+    state.blobs.resolve_all(auth.0.project_id, contents).await;
     Ok(Json(json!({ "messages": messages })))
 }
 
@@ -277,10 +249,13 @@ pub async fn events(
     load(&state, auth.0.project_id, id).await?;
     if wants_json(&headers) {
         let limit = bounded(q.limit.as_deref(), "limit", 500, 1..=1000)?;
-        let events = log::read_stream_after(&state.pool, id, after, limit).await?;
+        let mut events = log::read_stream_after(&state.pool, id, after, limit).await?;
         let next = events.last().map_or(after, |e| e.cursor);
+        let datas = events.iter_mut().map(|e| &mut e.data).collect();
+        state.blobs.resolve_all(auth.0.project_id, datas).await;
         return Ok(Json(json!({ "events": events, "next": next })).into_response());
     }
+    let project = auth.0.project_id;
     let stream = async_stream(move |tx| async move {
         // Follow first, then read the log: whatever commits in between arrives from the pump.
         let mut rx = match state.hub.follow_stream(id).await {
@@ -291,7 +266,7 @@ pub async fn events(
             }
         };
         let mut after = after;
-        if !catch_up(&state, id, &mut after, &tx).await {
+        if !catch_up(&state, project, id, &mut after, &tx).await {
             return;
         }
         loop {
@@ -305,7 +280,7 @@ pub async fn events(
                         if e.cursor <= after {
                             continue; // already sent while catching up
                         }
-                        if tx.send(Ok(frame(e))).await.is_err() {
+                        if tx.send(Ok(frame(&state, project, e).await)).await.is_err() {
                             return;
                         }
                         after = e.cursor;
@@ -313,7 +288,7 @@ pub async fn events(
                 }
                 // Fell behind the pump: the log has everything, read it by our own cursor.
                 Err(RecvError::Lagged(_)) => {
-                    if !catch_up(&state, id, &mut after, &tx).await {
+                    if !catch_up(&state, project, id, &mut after, &tx).await {
                         return;
                     }
                 }
@@ -326,8 +301,11 @@ pub async fn events(
         .into_response())
 }
 
-fn frame(e: &log::StreamEvent) -> SseEvent {
-    let data = json!({ "job_id": e.job_id, "seq": e.seq, "data": e.data });
+/// One SSE frame, with an offloaded payload resolved.
+async fn frame(state: &AppState, project: Uuid, e: &log::StreamEvent) -> SseEvent {
+    let mut payload = e.data.clone();
+    state.blobs.resolve(project, &mut payload).await;
+    let data = json!({ "job_id": e.job_id, "seq": e.seq, "data": payload });
     SseEvent::default()
         .id(e.cursor.to_string())
         .event(&e.kind)
@@ -337,6 +315,7 @@ fn frame(e: &log::StreamEvent) -> SseEvent {
 /// Sends every logged event after `after`, page by page; `false` once the client is gone.
 async fn catch_up(
     state: &AppState,
+    project: Uuid,
     id: Uuid,
     after: &mut i64,
     tx: &tokio::sync::mpsc::Sender<Result<SseEvent, Infallible>>,
@@ -351,7 +330,7 @@ async fn catch_up(
             }
         };
         for e in &page {
-            if tx.send(Ok(frame(e))).await.is_err() {
+            if tx.send(Ok(frame(state, project, e).await)).await.is_err() {
                 return false;
             }
             *after = e.cursor;

@@ -231,3 +231,33 @@ pub async fn read_streams_after(
         })
         .collect())
 }
+
+/// Deletes up to `limit` events of `jobs` (retention); callers repeat while a full batch went,
+/// so each statement locks few rows. Returns how many went.
+pub async fn delete_for_jobs(pool: &PgPool, jobs: &[Uuid], limit: i64) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query!(
+        "DELETE FROM job_events WHERE (job_id, seq) IN
+            (SELECT job_id, seq FROM job_events WHERE job_id = ANY($1) LIMIT $2)",
+        jobs,
+        limit
+    )
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Which of `keys` the events of `jobs` refer to (offloaded payloads; see `store::offload`).
+pub async fn referenced(
+    pool: &PgPool,
+    jobs: &[Uuid],
+    keys: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT DISTINCT data #>> '{$blob,key}' AS "key!" FROM job_events
+           WHERE job_id = ANY($1) AND data #>> '{$blob,key}' = ANY($2)"#,
+        jobs,
+        keys
+    )
+    .fetch_all(pool)
+    .await
+}

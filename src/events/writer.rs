@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::log::{Appended, JobBatch, NewEvent, StreamEvent, append_batch};
 use super::pump::Pump;
+use crate::store::Blobs;
 
 /// How long events gather before a write.
 pub const COALESCE: Duration = Duration::from_millis(40);
@@ -32,6 +33,8 @@ struct Inner {
     /// This process's stream pump, handed each committed stream event at once, so local pages
     /// need not wait for the NOTIFY and a read of what this writer just wrote.
     local: Option<Pump>,
+    /// Where event payloads over the offload limit go, before the write that refers to them.
+    blobs: Option<Blobs>,
     jobs: Mutex<HashMap<Uuid, Pending>>,
     /// Something is buffered (or a close wants a flush now).
     wake: Notify,
@@ -41,6 +44,7 @@ struct Inner {
 
 /// One job's buffered events.
 struct Pending {
+    project_id: Uuid,
     lease_token: Uuid,
     events: Vec<NewEvent>,
     progress: Option<Value>,
@@ -54,6 +58,7 @@ struct Pending {
 pub struct EventSink {
     inner: Arc<Inner>,
     job_id: Uuid,
+    project_id: Uuid,
     lease_token: Uuid,
     fenced_out: CancellationToken,
     /// Whether this job ever buffered an event; jobs that never did close without a flush.
@@ -61,11 +66,13 @@ pub struct EventSink {
 }
 
 impl EventWriter {
-    /// Starts the writer's flush loop on `pool`; `local` is the pump of this process's hub.
-    pub fn start(pool: PgPool, local: Option<Pump>) -> Self {
+    /// Starts the writer's flush loop on `pool`; `local` is the pump of this process's hub, and
+    /// `blobs` takes payloads over its offload limit.
+    pub fn start(pool: PgPool, local: Option<Pump>, blobs: Option<Blobs>) -> Self {
         let inner = Arc::new(Inner {
             pool,
             local,
+            blobs,
             jobs: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             urgent: Notify::new(),
@@ -79,12 +86,14 @@ impl EventWriter {
     pub fn sink(
         &self,
         job_id: Uuid,
+        project_id: Uuid,
         lease_token: Uuid,
         fenced_out: CancellationToken,
     ) -> EventSink {
         EventSink {
             inner: Arc::clone(&self.inner),
             job_id,
+            project_id,
             lease_token,
             fenced_out,
             touched: Arc::new(AtomicBool::new(false)),
@@ -147,6 +156,7 @@ impl EventSink {
 
     fn empty(&self) -> Pending {
         Pending {
+            project_id: self.project_id,
             lease_token: self.lease_token,
             events: Vec::new(),
             progress: None,
@@ -251,6 +261,7 @@ async fn flush(inner: &Inner) {
                     let p = jobs.get_mut(&id)?;
                     let closing = !p.closers.is_empty();
                     let taken = Pending {
+                        project_id: p.project_id,
                         lease_token: p.lease_token,
                         events: std::mem::take(&mut p.events),
                         progress: p.progress.take(),
@@ -269,7 +280,7 @@ async fn flush(inner: &Inner) {
     if taken.is_empty() {
         return;
     }
-    let batch: Vec<JobBatch> = taken
+    let mut batch: Vec<JobBatch> = taken
         .iter()
         .map(|(id, p)| JobBatch {
             job_id: *id,
@@ -278,6 +289,18 @@ async fn flush(inner: &Inner) {
             progress: p.progress.clone(),
         })
         .collect();
+    if let Some(blobs) = &inner.blobs {
+        for (b, (_, p)) in batch.iter_mut().zip(&taken) {
+            for e in &mut b.events {
+                if crate::store::json_len_over(&e.data, blobs.offload_bytes()) {
+                    let data = std::mem::take(&mut e.data);
+                    e.data = blobs
+                        .offload_or_keep(&inner.pool, p.project_id, b.job_id, data)
+                        .await;
+                }
+            }
+        }
+    }
     let mut delay = Duration::from_millis(50);
     let started = std::time::Instant::now();
     let written = loop {

@@ -14,7 +14,7 @@ use super::config::{ANTHROPIC_BASE_URL, ModelConfig};
 use super::openai::{chain, guarded, retryable, send_error, status_error};
 use super::sse::SseParser;
 use super::types::{ChatMessage, ChatRequest, Completion, LlmError, Role, StreamEvent, ToolCall};
-use super::types::{ToolDef, Usage};
+use super::types::{Media, ToolDef, Usage};
 
 /// The API version this client's wire format follows; Anthropic requires it on every request.
 const API_VERSION: &str = "2023-06-01";
@@ -113,7 +113,13 @@ fn map_history(messages: &[ChatMessage]) -> (Option<String>, Vec<Value>) {
                 }
                 continue;
             }
-            Role::User => (Role::User, text_block(text).into_iter().collect()),
+            Role::User => {
+                // Images and documents go before the text that talks about them, as Anthropic
+                // recommends.
+                let mut blocks: Vec<Value> = m.media.iter().map(media_block).collect();
+                blocks.extend(text_block(text));
+                (Role::User, blocks)
+            }
             Role::Assistant => {
                 let mut blocks: Vec<Value> = text_block(text).into_iter().collect();
                 blocks.extend(m.tool_calls.iter().map(tool_use_block));
@@ -146,6 +152,15 @@ fn map_history(messages: &[ChatMessage]) -> (Option<String>, Vec<Value>) {
 /// A text block, or none for blank text: Anthropic rejects empty and whitespace-only text blocks.
 fn text_block(text: &str) -> Option<Value> {
     (!text.trim().is_empty()).then(|| json!({ "type": "text", "text": text }))
+}
+
+/// An `image` block, or a `document` block for a PDF, with the bytes inline as base64.
+fn media_block(media: &Media) -> Value {
+    let kind = if media.is_pdf() { "document" } else { "image" };
+    json!({
+        "type": kind,
+        "source": { "type": "base64", "media_type": media.media_type, "data": media.base64() },
+    })
 }
 
 fn tool_use_block(call: &ToolCall) -> Value {

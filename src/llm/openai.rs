@@ -7,13 +7,15 @@ use std::time::Duration;
 use futures::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header::RETRY_AFTER;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{ModelConfig, OPENAI_BASE_URL};
 use super::sse::SseParser;
-use super::types::{ChatMessage, ChatRequest, Completion, LlmError, Role, StreamEvent, ToolCall};
-use super::types::{ToolDef, Usage};
+use super::types::{ChatRequest, Completion, LlmError, StreamEvent, ToolCall, Usage};
+use request::request_body;
+
+mod request;
 
 /// Longest `Retry-After` honoured: a provider asking for more is treated as a plain backoff.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
@@ -72,64 +74,6 @@ pub(crate) async fn stream(
     } else {
         Err(retryable("stream ended early".to_owned()))
     }
-}
-
-/// The JSON body of a streamed Chat Completions request.
-fn request_body(model: &ModelConfig, req: &ChatRequest) -> Value {
-    let wire = if req.model.is_empty() {
-        model.wire_model()
-    } else {
-        &req.model
-    };
-    let messages: Vec<Value> = req.messages.iter().map(message_json).collect();
-    let mut body = json!({
-        "model": wire,
-        "messages": messages,
-        "stream": true,
-        "stream_options": { "include_usage": true },
-    });
-    if !req.tools.is_empty() {
-        body["tools"] = req.tools.iter().map(tool_json).collect();
-    }
-    if let Some(max) = req.max_tokens {
-        body["max_tokens"] = max.into();
-    }
-    body
-}
-
-fn message_json(m: &ChatMessage) -> Value {
-    let content = m.content.as_deref().unwrap_or("");
-    match m.role {
-        Role::Tool => json!({
-            "role": "tool",
-            "tool_call_id": m.tool_call_id.as_deref().unwrap_or(""),
-            "content": content,
-        }),
-        Role::Assistant if !m.tool_calls.is_empty() => {
-            let calls: Vec<Value> = m
-                .tool_calls
-                .iter()
-                .map(|c| {
-                    json!({
-                        "id": c.id,
-                        "type": "function",
-                        "function": { "name": c.name, "arguments": c.arguments },
-                    })
-                })
-                .collect();
-            json!({ "role": "assistant", "content": m.content, "tool_calls": calls })
-        }
-        Role::System | Role::User | Role::Assistant => {
-            json!({ "role": m.role, "content": content })
-        }
-    }
-}
-
-fn tool_json(t: &ToolDef) -> Value {
-    json!({
-        "type": "function",
-        "function": { "name": t.name, "description": t.description, "parameters": t.parameters },
-    })
 }
 
 /// Awaits `fut` unless `cancel` fires or it takes longer than `idle`.

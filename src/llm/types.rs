@@ -32,6 +32,44 @@ pub struct ChatMessage {
     /// Tool messages: which call this is the result of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    /// User messages: images and documents sent beside the text (only to models with vision).
+    #[serde(skip)]
+    pub media: Vec<Media>,
+}
+
+impl ChatMessage {
+    /// A message of plain text.
+    pub fn text(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: Some(content.into()),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            media: Vec::new(),
+        }
+    }
+}
+
+/// An image or document a user attached, as its bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Media {
+    pub name: String,
+    /// `image/png`, `image/jpeg`, `image/gif`, `image/webp` or `application/pdf`.
+    pub media_type: String,
+    pub data: bytes::Bytes,
+}
+
+impl Media {
+    /// The bytes as base64, as both providers take them.
+    pub fn base64(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(&self.data)
+    }
+
+    /// Whether this is a PDF rather than an image.
+    pub fn is_pdf(&self) -> bool {
+        self.media_type == "application/pdf"
+    }
 }
 
 /// A tool the model may call, with its JSON-schema parameters.

@@ -11,6 +11,7 @@ pub mod control;
 pub mod enqueue;
 pub mod model;
 pub mod rescue;
+pub mod retention;
 pub mod seed;
 pub mod stats;
 pub mod suspend;

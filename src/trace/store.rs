@@ -306,3 +306,16 @@ pub async fn trace_version(
     .await?;
     Ok((r.spans, r.ended))
 }
+
+/// Deletes up to `limit` spans of `jobs` (retention); callers repeat while a full batch went.
+pub async fn delete_for_jobs(pool: &PgPool, jobs: &[Uuid], limit: i64) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query!(
+        "DELETE FROM spans WHERE (trace_id, span_id) IN
+            (SELECT trace_id, span_id FROM spans WHERE job_id = ANY($1) LIMIT $2)",
+        jobs,
+        limit
+    )
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}

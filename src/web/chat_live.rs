@@ -221,6 +221,7 @@ impl ChatFeed {
     async fn state_changed(&self, e: &StreamEvent) -> Result<String, WebError> {
         let now = transcript::turn_now(
             &self.state.app.pool,
+            &self.state.app.blobs,
             self.project,
             self.session,
             e.job_id,
@@ -307,6 +308,7 @@ fn empty_turn(id: Uuid) -> TurnView {
         id,
         phase: Phase::Running,
         user_text: String::new(),
+        files: Vec::new(),
         items: Vec::new(),
         usage: None,
         note: None,
@@ -316,7 +318,7 @@ fn empty_turn(id: Uuid) -> TurnView {
 
 impl Feed for ChatFeed {
     async fn read(&mut self, after: i64) -> Result<Vec<Fragment>, WebError> {
-        let events: Vec<StreamEvent> = if self.from_log {
+        let mut events: Vec<StreamEvent> = if self.from_log {
             self.pending.clear();
             let page =
                 log::read_stream_after(&self.state.app.pool, self.session, after, PAGE).await?;
@@ -326,6 +328,8 @@ impl Feed for ChatFeed {
         } else {
             std::mem::take(&mut self.pending)
         };
+        let datas = events.iter_mut().map(|e| &mut e.data).collect();
+        self.state.app.blobs.resolve_all(self.project, datas).await;
         let mut out = Vec::with_capacity(events.len());
         for e in events.iter().filter(|e| e.cursor > after) {
             if let Some(html) = self.fragment(e).await? {

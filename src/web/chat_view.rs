@@ -26,6 +26,8 @@ pub struct TurnView {
     pub id: Uuid,
     pub phase: Phase,
     pub user_text: String,
+    /// Files attached to the user's message.
+    pub files: Vec<super::chat_files::FileView>,
     pub items: Vec<ItemView>,
     /// `1,204 in · 88 out · cache hit 42% · $0.0031`, once known.
     pub usage: Option<String>,
@@ -224,6 +226,7 @@ pub fn from_messages(
         id: turn,
         phase,
         user_text: String::new(),
+        files: Vec::new(),
         items: Vec::new(),
         usage: None,
         note: note_for(job),
@@ -233,7 +236,10 @@ pub fn from_messages(
     let mut model = None;
     for m in messages {
         match m.role.as_str() {
-            "user" => view.user_text = text_of(&m.content, "text"),
+            "user" => {
+                view.user_text = text_of(&m.content, "text");
+                view.files = super::chat_files::files_of(&m.content);
+            }
             "assistant" => {
                 let usage = usage_of(m.usage.as_ref());
                 if let Some(u) = &usage {
@@ -301,6 +307,9 @@ pub fn from_events(
         phase: Phase::Running,
         user_text: user
             .map(|m| text_of(&m.content, "text"))
+            .unwrap_or_default(),
+        files: user
+            .map(|m| super::chat_files::files_of(&m.content))
             .unwrap_or_default(),
         items: Vec::new(),
         usage: None,

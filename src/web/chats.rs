@@ -4,7 +4,7 @@
 //! reload mid-stream shows everything so far and keeps streaming without repeating a token.
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -16,7 +16,7 @@ use super::auth::User;
 use super::chat_live::{ChatFeed, ControlsTpl, TurnTpl, phases};
 use super::chat_view::{self, Phase};
 use super::view::{self, Layout};
-use super::{WebError, WebState, chat_actions, chat_trace, live};
+use super::{WebError, WebState, chat_actions, chat_files, chat_trace, live};
 
 use crate::agent::{store, transcript};
 
@@ -26,11 +26,20 @@ pub fn pages() -> Router<WebState> {
         .route("/chats", get(list))
         .route("/chats/{id}", get(page))
         .route("/chats/{id}/live", get(live_feed))
+        .route(
+            "/chats/{id}/attachments/{attachment}",
+            get(chat_files::file),
+        )
 }
 
-/// State-changing routes (behind the CSRF check).
-pub fn actions() -> Router<WebState> {
+/// State-changing routes (behind the CSRF check); uploads may be `max_upload` bytes.
+pub fn actions(max_upload: usize) -> Router<WebState> {
+    let upload_body = max_upload + crate::api::MULTIPART_OVERHEAD;
     Router::new()
+        .route(
+            "/chats/{id}/attachments",
+            post(chat_files::upload).layer(DefaultBodyLimit::max(upload_body)),
+        )
         .route("/chats", post(create))
         .route("/chats/{id}/turns", post(chat_actions::send))
         .route("/chats/{id}/abort", post(chat_actions::abort))
@@ -183,6 +192,10 @@ pub(super) struct Composer<'a> {
     pub(super) models: Vec<(String, bool)>,
     pub(super) input: &'a str,
     pub(super) error: Option<String>,
+    /// Files already attached to the message being written: (id, name).
+    pub(super) files: Vec<(String, String)>,
+    /// Their ids, comma-separated, as the form sends them.
+    pub(super) attachments: &'a str,
 }
 
 #[derive(Template)]
@@ -207,7 +220,7 @@ pub(super) async fn chat_page(
     input: &str,
     error: Option<String>,
 ) -> Result<String, WebError> {
-    let snap = transcript::snapshot(&state.app.pool, user.project(), id)
+    let snap = transcript::snapshot(&state.app.pool, &state.app.blobs, user.project(), id)
         .await?
         .ok_or(WebError::NotFound("chat"))?;
     let models = &state.app.agent.models;
@@ -277,6 +290,8 @@ pub(super) async fn chat_page(
         models: model_choices(state, &snap.session.model),
         input,
         error,
+        files: Vec::new(),
+        attachments: "",
     }
     .render()?;
     let usage = chat_trace::usage(pool, user.project(), id, false).await?;

@@ -8,6 +8,7 @@
 mod assets;
 pub mod auth;
 mod chat_actions;
+mod chat_files;
 mod chat_live;
 mod chat_trace;
 mod chat_view;
@@ -40,6 +41,7 @@ pub struct WebState {
 
 /// Every page route. State-changing routes sit behind the CSRF check.
 pub fn router(app: AppState, keys: Keys) -> Router {
+    let max_upload = app.limits.max_upload_bytes;
     let state = WebState {
         app,
         keys: Arc::new(keys),
@@ -47,7 +49,7 @@ pub fn router(app: AppState, keys: Keys) -> Router {
     let guarded = Router::new()
         .route("/logout", post(auth::logout))
         .merge(jobs::actions())
-        .merge(chats::actions())
+        .merge(chats::actions(max_upload))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::csrf_guard,

@@ -115,6 +115,15 @@ pub fn escape(s: &str) -> String {
     out
 }
 
+/// A size as `512 B`, `12.3 KB` or `4.5 MB` (powers of 1000, as file managers show them).
+pub fn bytes(n: u64) -> String {
+    match n {
+        0..1_000 => format!("{n} B"),
+        1_000..1_000_000 => format!("{:.1} KB", n as f64 / 1e3),
+        _ => format!("{:.1} MB", n as f64 / 1e6),
+    }
+}
+
 /// A whole number with thousands separators: `12,345`.
 pub fn thousands(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();

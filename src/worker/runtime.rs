@@ -41,6 +41,8 @@ pub struct WorkerConfig {
     pub claim_batch: usize,
     /// Stable id for this runtime; generated when `None`.
     pub worker_id: Option<String>,
+    /// Where results and event payloads over its offload limit go; none keeps them inline.
+    pub blobs: Option<crate::store::Blobs>,
 }
 
 impl Default for WorkerConfig {
@@ -57,6 +59,7 @@ impl Default for WorkerConfig {
             backoff: Backoff::default(),
             claim_batch: 500,
             worker_id: None,
+            blobs: None,
         }
     }
 }
@@ -110,6 +113,7 @@ impl WorkerRuntime {
         let concurrency = cfg.concurrency.max(1);
         let (finish_tx, finish_rx) = mpsc::channel(concurrency * 2 + 1024);
         let pool_for_events = pool.clone();
+        let blobs = cfg.blobs.clone();
         let shared = Arc::new(Shared {
             claim_pool: crate::db::pool::claim_pool(&pool, 2),
             pool,
@@ -118,7 +122,7 @@ impl WorkerRuntime {
             worker_id,
             inflight: Mutex::new(HashMap::new()),
             finishes: finish_tx,
-            events: crate::events::EventWriter::start(pool_for_events, Some(hub.pump())),
+            events: crate::events::EventWriter::start(pool_for_events, Some(hub.pump()), blobs),
         });
         let closing = CancellationToken::new();
         let completer = tokio::spawn(completer::run(

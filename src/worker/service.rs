@@ -112,7 +112,7 @@ async fn run_job(shared: Arc<Shared>, claimed: Claimed) {
     let fenced_out = CancellationToken::new();
     let events = shared
         .events
-        .sink(job.id, job.lease_token, fenced_out.clone());
+        .sink(job.id, job.project_id, job.lease_token, fenced_out.clone());
     let ctx = JobContext {
         id: job.id,
         project_id: job.project_id,
@@ -146,15 +146,17 @@ async fn run_job(shared: Arc<Shared>, claimed: Claimed) {
     }
     match decide(&shared.cfg, &job, result, stop_reason) {
         Some(outcome) => {
-            let parent_event = parent_event
-                .lock()
-                .ok()
-                .and_then(|mut e| e.take())
-                .map(|(kind, data)| ParentEvent {
-                    child: job.id,
-                    kind,
-                    data,
-                });
+            let parent_event =
+                parent_event
+                    .lock()
+                    .ok()
+                    .and_then(|mut e| e.take())
+                    .map(|(kind, data)| ParentEvent {
+                        child: job.id,
+                        kind,
+                        data,
+                    });
+            let outcome = offload_result(&shared, &job, outcome).await;
             let finish = Finish {
                 id: job.id,
                 lease_token: job.lease_token,
@@ -190,6 +192,18 @@ async fn suspend(shared: &Shared, job: &ClaimedJob, wait: &Wait) {
         }
     }
     tracing::error!(job_id = %job.id, "could not suspend; leaving the job to rescue");
+}
+
+/// A large result is written as a blob before the fenced finish that refers to it.
+async fn offload_result(shared: &Shared, job: &ClaimedJob, outcome: Outcome) -> Outcome {
+    match (outcome, &shared.cfg.blobs) {
+        (Outcome::Succeeded(v), Some(blobs)) => Outcome::Succeeded(
+            blobs
+                .offload_or_keep(&shared.pool, job.project_id, job.id, v)
+                .await,
+        ),
+        (other, _) => other,
+    }
 }
 
 async fn execute(

@@ -6,6 +6,8 @@ pub mod browser;
 pub mod chat;
 pub mod db;
 pub mod fake_llm;
+pub mod files;
+pub mod moto;
 pub mod sse;
 pub mod web;
 
@@ -29,11 +31,20 @@ pub struct Env {
     pub token: String,
 }
 
-/// Settings for tests: fast retries, short leases where a test asks for them.
+/// A fresh directory under the system's temp dir.
+pub fn temp_dir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("spool-{what}-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Settings for tests: fast retries, short leases where a test asks for them, and a data
+/// directory (so a blob store) of the test's own.
 pub fn settings(url: &str) -> Settings {
     Settings::resolve(
         Overrides {
             database_url: Some(url.to_owned()),
+            data_dir: Some(temp_dir("data")),
             http_allow_loopback: Some(true),
             retry_base_ms: Some(100),
             ..Overrides::default()
@@ -103,8 +114,12 @@ impl Env {
         }
     }
 
-    /// Starts a worker runtime with its own LISTEN hub, like a separate node would have.
-    pub async fn worker(&self, registry: Registry, cfg: WorkerConfig) -> RuntimeHandle {
+    /// Starts a worker runtime with its own LISTEN hub, like a separate node would have. Large
+    /// payloads go to the env's blob store, as in `spool worker`, unless `cfg` names another.
+    pub async fn worker(&self, registry: Registry, mut cfg: WorkerConfig) -> RuntimeHandle {
+        if cfg.blobs.is_none() {
+            cfg.blobs = Some(self.settings.blobs.clone());
+        }
         let hub = spool::events::Hub::start(&self.svc.pool)
             .await
             .expect("hub");

@@ -42,8 +42,14 @@ struct JobPage {
 }
 
 async fn load(state: &WebState, project: Uuid, id: Uuid) -> Result<Job, WebError> {
-    let mut conn = state.app.pool.acquire().await?;
-    Ok(control::fetch(&mut conn, project, id).await?)
+    let mut job = {
+        let mut conn = state.app.pool.acquire().await?;
+        control::fetch(&mut conn, project, id).await?
+    };
+    if let Some(r) = job.result.as_mut() {
+        state.app.blobs.resolve(project, r).await;
+    }
+    Ok(job)
 }
 
 /// `GET /jobs/{id}`; another project's job is a 404 like an unknown one.
@@ -56,7 +62,9 @@ pub async fn page(
     let pool = &state.app.pool;
     let head = control::last_seq(pool, user.project(), id).await?;
     let from = (head - TIMELINE).max(0);
-    let events = log::read_after(pool, id, from, TIMELINE * 2).await?;
+    let mut events = log::read_after(pool, id, from, TIMELINE * 2).await?;
+    let datas = events.iter_mut().map(|e| &mut e.data).collect();
+    state.app.blobs.resolve_all(user.project(), datas).await;
     // The row is read after the events, so the page's blocks are never older than its timeline
     // and the live feed, starting after the last entry, cannot miss a change.
     let job = load(&state, user.project(), id).await?;
@@ -110,6 +118,7 @@ pub async fn live(
         user.csrf.clone(),
         job.created_at,
         sub,
+        state.app.blobs.clone(),
     );
     Ok(live::respond(&headers, after, feed).await)
 }

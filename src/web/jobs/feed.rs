@@ -14,6 +14,7 @@ use super::blocks::{Blocks, EventView};
 use crate::events::hub::Subscription;
 use crate::events::{Event, log};
 use crate::queue::{QueueError, control};
+use crate::store::Blobs;
 use crate::web::WebError;
 use crate::web::live::{Feed, Fragment};
 
@@ -50,6 +51,8 @@ pub(super) struct DetailFeed {
     csrf: String,
     created: DateTime<Utc>,
     sub: Subscription,
+    /// Offloaded results and event payloads are shown resolved.
+    blobs: Blobs,
     first: bool,
     /// The job row was terminal when last read: once no events follow, the feed is done.
     terminal: bool,
@@ -67,6 +70,7 @@ impl DetailFeed {
         csrf: String,
         created: DateTime<Utc>,
         sub: Subscription,
+        blobs: Blobs,
     ) -> Self {
         Self {
             pool,
@@ -75,6 +79,7 @@ impl DetailFeed {
             csrf,
             created,
             sub,
+            blobs,
             first: true,
             terminal: false,
             full: false,
@@ -112,7 +117,7 @@ impl Feed for DetailFeed {
             self.first = false;
             // Read after the events, so the blocks are never older than the timeline.
             let mut conn = self.pool.acquire().await?;
-            let job = match control::fetch(&mut conn, self.project, self.id).await {
+            let mut job = match control::fetch(&mut conn, self.project, self.id).await {
                 Ok(j) => j,
                 Err(QueueError::NotFound) => {
                     self.done = true;
@@ -121,6 +126,9 @@ impl Feed for DetailFeed {
                 Err(e) => return Err(e.into()),
             };
             drop(conn);
+            if let Some(r) = job.result.as_mut() {
+                self.blobs.resolve(self.project, r).await;
+            }
             self.terminal = job.state.is_terminal();
             if self.terminal && !self.full {
                 // The terminal event committed with the row; any event after what we read is
@@ -136,6 +144,8 @@ impl Feed for DetailFeed {
         let Some(cursor) = events.last().map(|e| e.seq) else {
             return Ok(self.end(after));
         };
+        let datas = events.iter_mut().map(|e| &mut e.data).collect();
+        self.blobs.resolve_all(self.project, datas).await;
         let now = Utc::now();
         let mut html = JobLive {
             events: events
