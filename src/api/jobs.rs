@@ -161,6 +161,18 @@ pub async fn get(
     Ok(Json(job).into_response())
 }
 
+/// `GET /api/v1/jobs/{id}/children`: the job's descendants, each with its depth and parent.
+pub async fn children(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = job_id(&id)?;
+    load(&state, auth.0.project_id, id).await?;
+    let nodes = crate::queue::tree::tree(&state.pool, auth.0.project_id, id).await?;
+    Ok(Json(serde_json::json!({ "job_id": id, "children": nodes })))
+}
+
 /// Query of `GET /api/v1/jobs`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

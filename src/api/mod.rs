@@ -94,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/result", get(jobs::result))
         .route("/api/v1/jobs/{id}/events", get(events::job_events))
         .route("/api/v1/jobs/{id}/trace", get(traces::of_job))
+        .route("/api/v1/jobs/{id}/children", get(jobs::children))
         .route("/api/v1/traces/{trace_id}", get(traces::get))
         .route(
             "/api/v1/sessions",
@@ -115,6 +116,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/sessions/{id}/messages", get(sessions::messages))
         .route("/api/v1/sessions/{id}/events", get(sessions::events))
         .route("/api/v1/sessions/{id}/abort", post(sessions::abort))
+        .route("/api/v1/sessions/{id}/subagents", get(sessions::subagents))
         .route("/api/v1/sessions/{id}/traces", get(traces::of_session))
         .route("/api/v1/openapi.json", get(health::openapi))
         .route("/healthz", get(health::healthz))

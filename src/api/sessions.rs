@@ -225,6 +225,23 @@ pub async fn messages(
     Ok(Json(json!({ "messages": messages })))
 }
 
+/// `GET /api/v1/sessions/{id}/subagents`: every subagent under the session, at any depth.
+pub async fn subagents(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let s = load(&state, auth.0.project_id, session_id(&id)?).await?;
+    let list = crate::agent::subagents::store::list(
+        &state.pool,
+        auth.0.project_id,
+        crate::agent::subagents::By::Root,
+        s.id,
+    )
+    .await?;
+    Ok(Json(json!({ "subagents": list })))
+}
+
 /// `POST /api/v1/sessions/{id}/abort`: stops the running turn within a second.
 pub async fn abort(
     State(state): State<AppState>,

@@ -15,6 +15,7 @@ pub mod retention;
 pub mod seed;
 pub mod stats;
 pub mod suspend;
+pub mod tree;
 pub mod workers;
 
 pub use enqueue::{Enqueued, NewJob, enqueue};

@@ -92,7 +92,9 @@ pub async fn notices(
     );
     for (id, label, status, output) in rows {
         let label = label.map(|l| format!(" ({l})")).unwrap_or_default();
-        out.push_str(&format!("\n- subagent {id}{label}: {status}. Result: {output}"));
+        out.push_str(&format!(
+            "\n- subagent {id}{label}: {status}. Result: {output}"
+        ));
     }
     Ok(out)
 }

@@ -100,18 +100,25 @@ pub async fn insert(conn: &mut PgConnection, s: &NewSubagent<'_>) -> Result<(), 
 }
 
 /// Counts that the spawn limits compare against: unfinished subagents of the project, and all
-/// subagents `parent_job_id` has spawned. Taken under a per-project advisory lock, so two spawns
-/// at once cannot both take the last place.
+/// subagents `parent_job_id` has spawned. Taken under a per-project advisory lock held to the end
+/// of the caller's transaction, so two spawns at once cannot both take the last place or the
+/// same lane.
 pub async fn counts(
     conn: &mut PgConnection,
     project_id: Uuid,
     parent_job_id: Uuid,
 ) -> Result<(i64, i64), sqlx::Error> {
+    // Its own statement: a lock inside a CTE is skipped when nothing reads the CTE's row.
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtextextended('subagents:' || $1::uuid::text, 0))",
+        project_id
+    )
+    .execute(&mut *conn)
+    .await?;
     let r = sqlx::query!(
         r#"
-        WITH lock AS (SELECT pg_advisory_xact_lock(hashtextextended('subagents:' || $1::uuid::text, 0)))
         SELECT
-            (SELECT count(*) FROM subagents s JOIN jobs j ON j.id = s.id, lock
+            (SELECT count(*) FROM subagents s JOIN jobs j ON j.id = s.id
              WHERE s.project_id = $1 AND j.state IN ('queued', 'running', 'waiting')) AS "open!",
             (SELECT count(*) FROM subagents WHERE parent_job_id = $2) AS "spawned!"
         "#,

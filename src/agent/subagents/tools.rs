@@ -59,24 +59,39 @@ pub fn specs(depth: i32, limits: &Limits) -> Vec<ToolSpec> {
         parameters,
     };
     vec![
-        spec("cancel_subagent", "Cancel a subagent and every subagent below it.",
-            json!({ "type": "object", "properties": { "subagent_id": id }, "required": ["subagent_id"] })),
-        spec("spawn_subagent", "Start a subagent that works on `prompt` in the background, on its own, and returns at once. Collect its answer later with subagent_result or wait_subagents.",
+        spec(
+            "cancel_subagent",
+            "Cancel a subagent and every subagent below it.",
+            json!({ "type": "object", "properties": { "subagent_id": id }, "required": ["subagent_id"] }),
+        ),
+        spec(
+            "spawn_subagent",
+            "Start a subagent that works on `prompt` in the background, on its own, and returns at once. Collect its answer later with subagent_result or wait_subagents.",
             json!({ "type": "object", "properties": {
                 "prompt": { "type": "string", "description": "The complete task; the subagent sees nothing else." },
                 "label": { "type": "string" },
                 "model": { "type": "string" },
                 "tools": { "type": "array", "items": { "type": "string" }, "description": "Tools it may use (default: your workspace tools)." },
-                "budget_tokens": { "type": "integer", "minimum": 1 } }, "required": ["prompt"] })),
-        spec("subagent_result", "A subagent's final answer; with wait_s, wait up to that many seconds for it.",
-            json!({ "type": "object", "properties": { "subagent_id": id, "wait_s": { "type": "integer", "minimum": 0 } }, "required": ["subagent_id"] })),
-        spec("subagent_status", "A subagent's status, elapsed time and tokens used so far.",
-            json!({ "type": "object", "properties": { "subagent_id": id }, "required": ["subagent_id"] })),
-        spec("wait_subagents", "Wait until all (or any) of the given subagents (default: all you spawned) have finished, up to wait_s seconds; returns their results.",
+                "budget_tokens": { "type": "integer", "minimum": 1 } }, "required": ["prompt"] }),
+        ),
+        spec(
+            "subagent_result",
+            "A subagent's final answer; with wait_s, wait up to that many seconds for it.",
+            json!({ "type": "object", "properties": { "subagent_id": id, "wait_s": { "type": "integer", "minimum": 0 } }, "required": ["subagent_id"] }),
+        ),
+        spec(
+            "subagent_status",
+            "A subagent's status, elapsed time and tokens used so far.",
+            json!({ "type": "object", "properties": { "subagent_id": id }, "required": ["subagent_id"] }),
+        ),
+        spec(
+            "wait_subagents",
+            "Wait until all (or any) of the given subagents (default: all you spawned) have finished, up to wait_s seconds; returns their results.",
             json!({ "type": "object", "properties": {
                 "ids": { "type": "array", "items": { "type": "string" } },
                 "mode": { "type": "string", "enum": ["all", "any"] },
-                "wait_s": { "type": "integer", "minimum": 0 } }, "required": ["wait_s"] })),
+                "wait_s": { "type": "integer", "minimum": 0 } }, "required": ["wait_s"] }),
+        ),
     ]
 }
 
@@ -90,7 +105,9 @@ pub async fn run(c: &Caller<'_>, call: &ToolCall) -> Result<Called, sqlx::Error>
             Err(e) => ToolOutput::error(format!("invalid arguments: {e}")),
         },
         "subagent_status" | "subagent_result" | "cancel_subagent" => {
-            let Some(id) = args["subagent_id"].as_str().and_then(|s| Uuid::parse_str(s).ok())
+            let Some(id) = args["subagent_id"]
+                .as_str()
+                .and_then(|s| Uuid::parse_str(s).ok())
             else {
                 return Ok(Called::Done(ToolOutput::error(
                     "subagent_id must be the id spawn_subagent returned",
@@ -111,11 +128,17 @@ pub async fn run(c: &Caller<'_>, call: &ToolCall) -> Result<Called, sqlx::Error>
             }
         }
         "wait_subagents" => {
-            let mut subs = store::list(&c.deps.pool, c.ctx.project_id, By::Parent, c.ctx.id).await?;
+            let mut subs =
+                store::list(&c.deps.pool, c.ctx.project_id, By::Parent, c.ctx.id).await?;
             if let Some(ids) = args["ids"].as_array() {
-                let wanted: Vec<Option<Uuid>> =
-                    ids.iter().map(|v| v.as_str().and_then(|s| Uuid::parse_str(s).ok())).collect();
-                if let Some(bad) = wanted.iter().position(|w| w.is_none_or(|w| !subs.iter().any(|s| s.id == w))) {
+                let wanted: Vec<Option<Uuid>> = ids
+                    .iter()
+                    .map(|v| v.as_str().and_then(|s| Uuid::parse_str(s).ok()))
+                    .collect();
+                if let Some(bad) = wanted
+                    .iter()
+                    .position(|w| w.is_none_or(|w| !subs.iter().any(|s| s.id == w)))
+                {
                     return Ok(Called::Done(ToolOutput::error(format!(
                         "ids[{bad}] is not a subagent you spawned"
                     ))));
@@ -123,7 +146,9 @@ pub async fn run(c: &Caller<'_>, call: &ToolCall) -> Result<Called, sqlx::Error>
                 subs.retain(|s| wanted.contains(&Some(s.id)));
             }
             if subs.is_empty() {
-                return Ok(Called::Done(ToolOutput::error("there are no subagents to wait for")));
+                return Ok(Called::Done(ToolOutput::error(
+                    "there are no subagents to wait for",
+                )));
             }
             let any = args["mode"].as_str() == Some("any");
             let wait_s = args["wait_s"].as_u64().unwrap_or(0);
@@ -202,7 +227,10 @@ async fn spawn(c: &Caller<'_>, call_id: &str, a: Spawn) -> Result<ToolOutput, sq
     let child = match enqueue(&mut tx, c.ctx.project_id, &job).await {
         Ok(Enqueued::Created(j)) => j,
         Ok(Enqueued::Existing(j)) => {
-            return Ok(ToolOutput { data: json!({ "subagent_id": j.id }), ..answer(json!({ "subagent_id": j.id, "status": j.state })) });
+            return Ok(ToolOutput {
+                data: json!({ "subagent_id": j.id }),
+                ..answer(json!({ "subagent_id": j.id, "status": j.state }))
+            });
         }
         Err(crate::queue::QueueError::Db(e)) => return Err(e),
         Err(e) => return Ok(ToolOutput::error(format!("could not spawn: {e}"))),
@@ -227,7 +255,10 @@ async fn spawn(c: &Caller<'_>, call_id: &str, a: Spawn) -> Result<ToolOutput, sq
     )
     .await?;
     tx.commit().await?;
-    Ok(ToolOutput { data: json!({ "subagent_id": child.id }), ..answer(json!({ "subagent_id": child.id, "status": "queued" })) })
+    Ok(ToolOutput {
+        data: json!({ "subagent_id": child.id }),
+        ..answer(json!({ "subagent_id": child.id, "status": "queued" }))
+    })
 }
 
 /// A subagent of this session (spawned by any of its turns, or by this subagent).
@@ -238,7 +269,9 @@ async fn own(c: &Caller<'_>, id: Uuid) -> Result<Option<Subagent>, sqlx::Error> 
 
 fn status(s: &Subagent) -> Value {
     let end = s.finished_at.unwrap_or_else(Utc::now);
-    let elapsed = s.started_at.map(|t| (end - t).num_milliseconds() as f64 / 1000.0);
+    let elapsed = s
+        .started_at
+        .map(|t| (end - t).num_milliseconds() as f64 / 1000.0);
     json!({
         "subagent_id": s.id, "label": s.label, "status": s.status, "started_at": s.started_at,
         "finished_at": s.finished_at, "elapsed_s": elapsed.unwrap_or(0.0),
@@ -248,7 +281,9 @@ fn status(s: &Subagent) -> Value {
 
 async fn cancel(c: &Caller<'_>, s: &Subagent) -> Result<ToolOutput, sqlx::Error> {
     if s.finished() {
-        return Ok(answer(json!({ "subagent_id": s.id, "status": s.status, "cancelled": false, "note": "it had already finished" })));
+        return Ok(answer(
+            json!({ "subagent_id": s.id, "status": s.status, "cancelled": false, "note": "it had already finished" }),
+        ));
     }
     match control::cancel(&c.deps.pool, c.ctx.project_id, s.id).await {
         Ok(_) => Ok(answer(json!({ "subagent_id": s.id, "cancelled": true }))),
@@ -270,7 +305,11 @@ async fn collect(
     if !holds && wait_s > 0 && c.may_wait {
         let wait_s = wait_s.min(c.deps.subagent_limits.max_wait_s);
         return Ok(Called::Wait(Wait {
-            children: subs.iter().filter(|s| !s.finished()).map(|s| s.id).collect(),
+            children: subs
+                .iter()
+                .filter(|s| !s.finished())
+                .map(|s| s.id)
+                .collect(),
             any,
             until: Utc::now() + chrono::Duration::seconds(wait_s as i64),
         }));

@@ -1,0 +1,374 @@
+//! Background subagents as child jobs: fan-out with a suspended parent, limits, cascade cancel,
+//! a result that arrives after its turn ended, and a parent that waits on one worker slot.
+
+mod common;
+
+use std::time::Duration;
+
+use common::chat::agent_env;
+use common::fake_llm::{Chunk, FakeLlm, Reply};
+use common::{Env, Server, eventually, fast_worker};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+async fn new_session(s: &Server) -> Uuid {
+    let (st, b) = s
+        .post("/api/v1/sessions", json!({ "workspace": "demo" }))
+        .await;
+    assert_eq!(st, 201, "{b}");
+    b["id"].as_str().and_then(|i| i.parse().ok()).expect("id")
+}
+
+async fn turn(s: &Server, session: Uuid, input: &str) -> Uuid {
+    let (st, b) = s
+        .post(
+            &format!("/api/v1/sessions/{session}/turns"),
+            json!({ "input": input }),
+        )
+        .await;
+    assert_eq!(st, 202, "{b}");
+    b["turn_id"]
+        .as_str()
+        .and_then(|i| i.parse().ok())
+        .expect("turn id")
+}
+
+/// One reply that calls several tools at once.
+fn calls(list: &[(String, &str, Value)]) -> Reply {
+    Reply::Stream {
+        chunks: list
+            .iter()
+            .map(|(id, name, args)| Chunk::ToolCall {
+                id: id.clone(),
+                name: (*name).into(),
+                arguments: args.to_string(),
+                parts: 1,
+            })
+            .collect(),
+        usage: None,
+        delay_ms: 0,
+    }
+}
+
+/// A child's answer, streamed slowly enough that siblings overlap.
+fn slow(text: &str, delay_ms: u64) -> Reply {
+    Reply::Stream {
+        chunks: vec![Chunk::Text(text.into())],
+        usage: None,
+        delay_ms,
+    }
+}
+
+async fn scalar(e: &Env, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(&e.svc.pool)
+        .await
+        .expect(sql)
+}
+
+async fn subagents(s: &Server, session: Uuid) -> Vec<Value> {
+    let (st, b) = s
+        .get(&format!("/api/v1/sessions/{session}/subagents"))
+        .await;
+    assert_eq!(st, 200, "{b}");
+    b["subagents"].as_array().cloned().unwrap_or_default()
+}
+
+/// The text of every tool result the model was sent, across all requests.
+fn tool_results_sent(fake: &FakeLlm) -> String {
+    fake.requests()
+        .iter()
+        .flat_map(|r| r["messages"].as_array().cloned().unwrap_or_default())
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["content"].to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn spawn(id: &str, prompt: &str) -> (String, &'static str, Value) {
+    (
+        id.to_owned(),
+        "spawn_subagent",
+        json!({ "prompt": prompt, "label": prompt }),
+    )
+}
+
+fn wait_all() -> (String, &'static str, Value) {
+    (
+        "w".to_owned(),
+        "wait_subagents",
+        json!({ "mode": "all", "wait_s": 60 }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_fans_out_to_three_subagents_and_waits_without_a_worker_slot() {
+    let fake = FakeLlm::start().await;
+    fake.route(
+        "FANOUT",
+        [
+            calls(&[
+                spawn("s1", "SUB-1 task"),
+                spawn("s2", "SUB-2 task"),
+                spawn("s3", "SUB-3 task"),
+            ]),
+            calls(&[wait_all()]),
+            Reply::text("all three are done"),
+        ],
+    );
+    for (marker, answer) in [
+        ("SUB-1", "result one"),
+        ("SUB-2", "result two"),
+        ("SUB-3", "result three"),
+    ] {
+        fake.route(marker, [slow(answer, 700)]);
+    }
+    let e = agent_env(&fake).await;
+    let s = e.serve(e.registry()).await;
+    let w = e.worker(e.registry(), fast_worker()).await;
+    let session = new_session(&s).await;
+    let turn_id = turn(&s, session, "FANOUT please").await;
+    // While the children run, the parent waits without a lease (no worker holds it).
+    let waited = eventually(Duration::from_secs(20), || async {
+        let n = scalar(&e, &format!(
+            "SELECT count(*) FROM jobs WHERE id = '{turn_id}' AND state = 'waiting' AND lease_token IS NULL")).await;
+        (n == 1).then_some(())
+    })
+    .await;
+    assert!(waited.is_some(), "the parent never went to waiting");
+    let job = s.wait(turn_id, 30).await;
+    w.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempt"], 1, "suspending must not count attempts");
+    let subs = subagents(&s, session).await;
+    assert_eq!(subs.len(), 3);
+    assert!(
+        subs.iter()
+            .all(|x| x["status"] == "succeeded" && x["parent_job_id"] == turn_id.to_string()),
+        "{subs:?}"
+    );
+    // They ran side by side: some two overlapped in time.
+    let overlap = scalar(
+        &e,
+        &format!(
+            "SELECT count(*) FROM jobs a JOIN jobs b ON a.id < b.id
+         WHERE a.parent_id = '{turn_id}' AND b.parent_id = '{turn_id}'
+           AND a.started_at < b.finished_at AND b.started_at < a.finished_at"
+        ),
+    )
+    .await;
+    assert!(overlap >= 1, "the subagents ran one after another");
+    let sent = tool_results_sent(&fake);
+    for r in ["result one", "result two", "result three"] {
+        assert!(sent.contains(r), "the final round did not get {r}: {sent}");
+    }
+    let completed = scalar(&e, &format!(
+        "SELECT count(*) FROM job_events WHERE job_id = '{turn_id}' AND kind = 'subagent_completed'")).await;
+    assert_eq!(completed, 3);
+    let succeeded = scalar(&e, &format!(
+        "SELECT count(*) FROM job_events WHERE job_id = '{turn_id}' AND kind = 'state' AND data->>'state' = 'succeeded'")).await;
+    assert_eq!(succeeded, 1, "the parent completed more than once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_slot_is_enough_for_a_parent_waiting_on_two_children() {
+    let fake = FakeLlm::start().await;
+    fake.route(
+        "SOLO",
+        [
+            calls(&[spawn("s1", "SUB-A job"), spawn("s2", "SUB-B job")]),
+            calls(&[wait_all()]),
+            Reply::text("both done"),
+        ],
+    );
+    fake.route("SUB-A", [Reply::text("alpha answer")]);
+    fake.route("SUB-B", [Reply::text("beta answer")]);
+    let e = agent_env(&fake).await;
+    let s = e.serve(e.registry()).await;
+    let w = e
+        .worker(
+            e.registry(),
+            spool::worker::WorkerConfig {
+                concurrency: 1,
+                ..fast_worker()
+            },
+        )
+        .await;
+    let session = new_session(&s).await;
+    let turn_id = turn(&s, session, "SOLO run").await;
+    let job = s.wait(turn_id, 30).await;
+    w.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let sent = tool_results_sent(&fake);
+    assert!(
+        sent.contains("alpha answer") && sent.contains("beta answer"),
+        "{sent}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depth_and_per_turn_limits_are_tool_errors_the_model_reads() {
+    let fake = FakeLlm::start().await;
+    fake.route(
+        "LIMITS",
+        [
+            calls(&[
+                spawn("s1", "SUB-DEEP1 go"),
+                spawn("s2", "SUB-X two"),
+                spawn("s3", "SUB-Y three"),
+            ]),
+            calls(&[wait_all()]),
+            Reply::text("ok"),
+        ],
+    );
+    // Level 1 spawns level 2, which tries a level 3.
+    fake.route(
+        "SUB-DEEP1",
+        [
+            calls(&[spawn("d1", "SUB-DEEP2 go")]),
+            calls(&[wait_all()]),
+            Reply::text("level one done"),
+        ],
+    );
+    fake.route(
+        "SUB-DEEP2",
+        [
+            calls(&[spawn("d2", "SUB-DEEP3 go")]),
+            Reply::text("level two done"),
+        ],
+    );
+    let mut e = agent_env(&fake).await;
+    e.settings.subagents.per_turn = 2;
+    let s = e.serve(e.registry()).await;
+    let w = e.worker(e.registry(), fast_worker()).await;
+    let session = new_session(&s).await;
+    let turn_id = turn(&s, session, "LIMITS test").await;
+    let job = s.wait(turn_id, 30).await;
+    w.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let sent = tool_results_sent(&fake);
+    assert!(
+        sent.contains("limit reached: at most 2 subagents per turn"),
+        "{sent}"
+    );
+    assert!(
+        sent.contains(
+            "depth limit reached: subagents may nest 2 level(s) deep, and this one would be level 3"
+        ),
+        "{sent}"
+    );
+    assert_eq!(
+        scalar(&e, "SELECT count(*) FROM subagents WHERE depth = 3").await,
+        0
+    );
+    assert_eq!(
+        scalar(&e, "SELECT count(*) FROM subagents WHERE depth = 2").await,
+        1
+    );
+    assert_eq!(
+        subagents(&s, session).await.len(),
+        3,
+        "two at level 1, one at level 2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_the_parent_cancels_its_subagents_and_none_succeeds_later() {
+    let fake = FakeLlm::start().await;
+    fake.route(
+        "CASCADE",
+        [
+            calls(&[spawn("s1", "SUB-SLOW1 x"), spawn("s2", "SUB-SLOW2 y")]),
+            calls(&[wait_all()]),
+        ],
+    );
+    fake.route("SUB-SLOW1", [common::chat::slow_text(40, 100)]);
+    fake.route("SUB-SLOW2", [common::chat::slow_text(40, 100)]);
+    let e = agent_env(&fake).await;
+    let s = e.serve(e.registry()).await;
+    let w = e.worker(e.registry(), fast_worker()).await;
+    let session = new_session(&s).await;
+    let turn_id = turn(&s, session, "CASCADE now").await;
+    let running = eventually(Duration::from_secs(20), || async {
+        let n = scalar(
+            &e,
+            &format!(
+                "SELECT count(*) FROM jobs WHERE parent_id = '{turn_id}' AND state = 'running'"
+            ),
+        )
+        .await;
+        (n == 2).then_some(())
+    })
+    .await;
+    assert!(running.is_some(), "the children never ran");
+    let (st, b) = s
+        .post(&format!("/api/v1/jobs/{turn_id}/cancel"), json!({}))
+        .await;
+    assert!(st < 300, "{st} {b}");
+    let all_cancelled = eventually(Duration::from_secs(1), || async {
+        let n = scalar(&e, &format!("SELECT count(*) FROM jobs WHERE (id = '{turn_id}' OR parent_id = '{turn_id}') AND state = 'cancelled'")).await;
+        (n == 3).then_some(())
+    })
+    .await;
+    assert!(
+        all_cancelled.is_some(),
+        "the tree was not cancelled within 1 s"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    w.shutdown(Duration::from_secs(1)).await;
+    let late = scalar(
+        &e,
+        &format!(
+            "SELECT count(*) FROM job_events ev JOIN jobs j ON j.id = ev.job_id
+         WHERE j.parent_id = '{turn_id}' AND ev.kind = 'state' AND ev.data->>'state' = 'succeeded'"
+        ),
+    )
+    .await;
+    assert_eq!(late, 0, "a cancelled subagent wrote succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_that_arrives_after_its_turn_ended_reaches_the_next_turn() {
+    let fake = FakeLlm::start().await;
+    fake.route(
+        "TARDY",
+        [
+            calls(&[spawn("s1", "SUB-LATE work")]),
+            Reply::text("spawned it, bye"),
+        ],
+    );
+    fake.route("SUB-LATE", [slow("the late finding", 1500)]);
+    let e = agent_env(&fake).await;
+    let s = e.serve(e.registry()).await;
+    let w = e.worker(e.registry(), fast_worker()).await;
+    let session = new_session(&s).await;
+    let first = turn(&s, session, "TARDY start").await;
+    assert_eq!(s.wait(first, 30).await["state"], "succeeded");
+    let done = eventually(Duration::from_secs(20), || async {
+        let subs = subagents(&s, session).await;
+        (subs.len() == 1 && subs[0]["status"] == "succeeded").then_some(())
+    })
+    .await;
+    assert!(done.is_some(), "the subagent never finished: {:?}", subagents(&s, session).await);
+    let before = fake.request_count();
+    let second = turn(&s, session, "and now?").await;
+    assert_eq!(s.wait(second, 30).await["state"], "succeeded");
+    w.shutdown(Duration::from_secs(1)).await;
+    let next = &fake.requests()[before..];
+    let system = next
+        .iter()
+        .flat_map(|r| r["messages"].as_array().cloned().unwrap_or_default())
+        .filter(|m| m["role"] == "system")
+        .map(|m| m["content"].to_string())
+        .collect::<String>();
+    assert!(
+        system.contains("the late finding"),
+        "the next turn did not get the result: {system}"
+    );
+    let collected = scalar(
+        &e,
+        &format!("SELECT count(*) FROM subagents WHERE collected_by = '{second}'"),
+    )
+    .await;
+    assert_eq!(collected, 1);
+}
