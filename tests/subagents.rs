@@ -349,7 +349,11 @@ async fn a_result_that_arrives_after_its_turn_ended_reaches_the_next_turn() {
         (subs.len() == 1 && subs[0]["status"] == "succeeded").then_some(())
     })
     .await;
-    assert!(done.is_some(), "the subagent never finished: {:?}", subagents(&s, session).await);
+    assert!(
+        done.is_some(),
+        "the subagent never finished: {:?}",
+        subagents(&s, session).await
+    );
     let before = fake.request_count();
     let second = turn(&s, session, "and now?").await;
     assert_eq!(s.wait(second, 30).await["state"], "succeeded");
