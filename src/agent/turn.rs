@@ -162,7 +162,7 @@ pub(super) async fn run_loop(
         .filter(|s| scope.tools.as_ref().is_none_or(|t| t.contains(&s.name)))
         .collect();
     let grantable: Vec<String> = workspace_specs.iter().map(|s| s.name.clone()).collect();
-    let defs: Vec<ToolDef> = workspace_specs
+    let mut defs: Vec<ToolDef> = workspace_specs
         .into_iter()
         .chain(subagents::tools::specs(scope.depth, &deps.subagent_limits))
         .map(|s| ToolDef {
@@ -171,6 +171,8 @@ pub(super) async fn run_loop(
             parameters: s.parameters,
         })
         .collect();
+    // Sorted by name across both sets: a stable prefix for providers' prompt caches.
+    defs.sort_by(|a, b| a.name.cmp(&b.name));
     let tool_ctx = ToolContext {
         workspace,
         cancel: ctx.cancellation().clone(),
