@@ -50,6 +50,23 @@
     const source = e.target.closest("[sse-connect]");
     if (source && e.detail && e.detail.lastEventId) remember(source, e.detail.lastEventId);
   });
+
+  // The chat page's background panel (#subagents) polls itself only while a subagent in it is
+  // unfinished. A new spawn first shows in the chat's live feed (a subagent tool's call or
+  // result), so such a fragment asks an idle panel to refresh. Bursts of fragments coalesce into
+  // one request that starts after the last of them, so it sees what they announced.
+  let subagentsTimer = null;
+  function subagentsSaw(html) {
+    if (subagentsTimer || typeof html !== "string" || !html.includes("subagent")) return;
+    const panel = document.getElementById("subagents");
+    if (!panel || panel.dataset.live === "1") return;
+    subagentsTimer = setTimeout(() => {
+      subagentsTimer = null;
+      const p = document.getElementById("subagents");
+      if (p && p.dataset.live !== "1") htmx.trigger(p, "subagents-refresh");
+    }, 300);
+  }
+  document.addEventListener("htmx:sseMessage", (e) => subagentsSaw(e.detail && e.detail.data));
   document.addEventListener("htmx:sseOpen", (e) => {
     e.target.dataset.errors = "0";
     badge(false);
@@ -86,6 +103,7 @@
           const cursor = res.headers.get("Spool-Cursor");
           const html = await res.text();
           if (html.trim()) htmx.swap(sink, html, { swapStyle: "none" });
+          subagentsSaw(html);
           if (cursor) source.dataset.cursor = cursor;
           if (res.headers.get("Spool-Done") === "1") return;
         } else {

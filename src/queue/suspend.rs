@@ -174,7 +174,7 @@ pub async fn children_finished(
                 state = CASE WHEN c.left_over <= 0 THEN 'queued' ELSE p.state END,
                 run_at = CASE WHEN c.left_over <= 0 THEN now() ELSE p.run_at END,
                 wait_for = CASE WHEN c.left_over <= 0 THEN NULL ELSE p.wait_for END,
-                last_seq = p.last_seq + c.events + (c.left_over <= 0)::int
+                last_seq = p.last_seq + c.events + coalesce(c.left_over <= 0, false)::int
             FROM counted c
             WHERE p.id = c.id AND (c.left_over IS NOT NULL OR c.events > 0)
             RETURNING p.id, p.queue, p.last_seq, p.stream_id, c.events, coalesce(c.left_over <= 0, false) AS woke

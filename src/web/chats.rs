@@ -208,6 +208,8 @@ struct ChatPage {
     usage: String,
     cursor: i64,
     turns: Vec<String>,
+    /// The background subagents panel (`chat_subagents.html`, rendered).
+    subagents: String,
     controls: String,
     composer: String,
 }
@@ -295,6 +297,7 @@ pub(super) async fn chat_page(
     }
     .render()?;
     let usage = chat_trace::usage(pool, user.project(), id, false).await?;
+    let subagents = super::subagents::panel(state, user, id, None).await?;
     Ok(ChatPage {
         layout: user.layout("chats"),
         session: id,
@@ -302,6 +305,7 @@ pub(super) async fn chat_page(
         usage,
         cursor: snap.cursor,
         turns,
+        subagents,
         controls,
         composer,
     }

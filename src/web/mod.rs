@@ -17,6 +17,7 @@ mod error;
 mod jobs;
 mod live;
 mod overview;
+mod subagents;
 mod traces;
 pub mod view;
 mod workers;
@@ -50,6 +51,7 @@ pub fn router(app: AppState, keys: Keys) -> Router {
         .route("/logout", post(auth::logout))
         .merge(jobs::actions())
         .merge(chats::actions(max_upload))
+        .merge(subagents::actions())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::csrf_guard,
@@ -62,6 +64,7 @@ pub fn router(app: AppState, keys: Keys) -> Router {
         .merge(overview::pages())
         .merge(jobs::pages())
         .merge(chats::pages())
+        .merge(subagents::pages())
         .merge(workers::pages())
         .merge(traces::pages())
         .merge(guarded)
