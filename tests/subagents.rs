@@ -7,48 +7,10 @@ use std::time::Duration;
 
 use common::chat::agent_env;
 use common::fake_llm::{Chunk, FakeLlm, Reply};
+use common::subagents::{calls, new_session, send_turn, spawn_call, wait_all_call};
 use common::{Env, Server, eventually, fast_worker};
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-async fn new_session(s: &Server) -> Uuid {
-    let (st, b) = s
-        .post("/api/v1/sessions", json!({ "workspace": "demo" }))
-        .await;
-    assert_eq!(st, 201, "{b}");
-    b["id"].as_str().and_then(|i| i.parse().ok()).expect("id")
-}
-
-async fn turn(s: &Server, session: Uuid, input: &str) -> Uuid {
-    let (st, b) = s
-        .post(
-            &format!("/api/v1/sessions/{session}/turns"),
-            json!({ "input": input }),
-        )
-        .await;
-    assert_eq!(st, 202, "{b}");
-    b["turn_id"]
-        .as_str()
-        .and_then(|i| i.parse().ok())
-        .expect("turn id")
-}
-
-/// One reply that calls several tools at once.
-fn calls(list: &[(String, &str, Value)]) -> Reply {
-    Reply::Stream {
-        chunks: list
-            .iter()
-            .map(|(id, name, args)| Chunk::ToolCall {
-                id: id.clone(),
-                name: (*name).into(),
-                arguments: args.to_string(),
-                parts: 1,
-            })
-            .collect(),
-        usage: None,
-        delay_ms: 0,
-    }
-}
 
 /// A child's answer, streamed slowly enough that siblings overlap.
 fn slow(text: &str, delay_ms: u64) -> Reply {
@@ -85,34 +47,18 @@ fn tool_results_sent(fake: &FakeLlm) -> String {
         .join("\n")
 }
 
-fn spawn(id: &str, prompt: &str) -> (String, &'static str, Value) {
-    (
-        id.to_owned(),
-        "spawn_subagent",
-        json!({ "prompt": prompt, "label": prompt }),
-    )
-}
-
-fn wait_all() -> (String, &'static str, Value) {
-    (
-        "w".to_owned(),
-        "wait_subagents",
-        json!({ "mode": "all", "wait_s": 60 }),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_fans_out_to_three_subagents_and_waits_without_a_worker_slot() {
     let fake = FakeLlm::start().await;
     fake.route(
         "FANOUT",
         [
-            calls(&[
-                spawn("s1", "SUB-1 task"),
-                spawn("s2", "SUB-2 task"),
-                spawn("s3", "SUB-3 task"),
+            calls(vec![
+                spawn_call("s1", "SUB-1 task", "SUB-1 task"),
+                spawn_call("s2", "SUB-2 task", "SUB-2 task"),
+                spawn_call("s3", "SUB-3 task", "SUB-3 task"),
             ]),
-            calls(&[wait_all()]),
+            calls(vec![wait_all_call("w", 60)]),
             Reply::text("all three are done"),
         ],
     );
@@ -127,7 +73,7 @@ async fn a_turn_fans_out_to_three_subagents_and_waits_without_a_worker_slot() {
     let s = e.serve(e.registry()).await;
     let w = e.worker(e.registry(), fast_worker()).await;
     let session = new_session(&s).await;
-    let turn_id = turn(&s, session, "FANOUT please").await;
+    let turn_id = send_turn(&s, session, "FANOUT please").await;
     // While the children run, the parent waits without a lease (no worker holds it).
     let waited = eventually(Duration::from_secs(20), || async {
         let n = scalar(&e, &format!(
@@ -176,8 +122,11 @@ async fn one_worker_slot_is_enough_for_a_parent_waiting_on_two_children() {
     fake.route(
         "SOLO",
         [
-            calls(&[spawn("s1", "SUB-A job"), spawn("s2", "SUB-B job")]),
-            calls(&[wait_all()]),
+            calls(vec![
+                spawn_call("s1", "SUB-A job", "SUB-A job"),
+                spawn_call("s2", "SUB-B job", "SUB-B job"),
+            ]),
+            calls(vec![wait_all_call("w", 60)]),
             Reply::text("both done"),
         ],
     );
@@ -195,7 +144,7 @@ async fn one_worker_slot_is_enough_for_a_parent_waiting_on_two_children() {
         )
         .await;
     let session = new_session(&s).await;
-    let turn_id = turn(&s, session, "SOLO run").await;
+    let turn_id = send_turn(&s, session, "SOLO run").await;
     let job = s.wait(turn_id, 30).await;
     w.shutdown(Duration::from_secs(1)).await;
     assert_eq!(job["state"], "succeeded", "{job}");
@@ -212,12 +161,12 @@ async fn depth_and_per_turn_limits_are_tool_errors_the_model_reads() {
     fake.route(
         "LIMITS",
         [
-            calls(&[
-                spawn("s1", "SUB-DEEP1 go"),
-                spawn("s2", "SUB-X two"),
-                spawn("s3", "SUB-Y three"),
+            calls(vec![
+                spawn_call("s1", "SUB-DEEP1 go", "SUB-DEEP1 go"),
+                spawn_call("s2", "SUB-X two", "SUB-X two"),
+                spawn_call("s3", "SUB-Y three", "SUB-Y three"),
             ]),
-            calls(&[wait_all()]),
+            calls(vec![wait_all_call("w", 60)]),
             Reply::text("ok"),
         ],
     );
@@ -225,15 +174,15 @@ async fn depth_and_per_turn_limits_are_tool_errors_the_model_reads() {
     fake.route(
         "SUB-DEEP1",
         [
-            calls(&[spawn("d1", "SUB-DEEP2 go")]),
-            calls(&[wait_all()]),
+            calls(vec![spawn_call("d1", "SUB-DEEP2 go", "SUB-DEEP2 go")]),
+            calls(vec![wait_all_call("w", 60)]),
             Reply::text("level one done"),
         ],
     );
     fake.route(
         "SUB-DEEP2",
         [
-            calls(&[spawn("d2", "SUB-DEEP3 go")]),
+            calls(vec![spawn_call("d2", "SUB-DEEP3 go", "SUB-DEEP3 go")]),
             Reply::text("level two done"),
         ],
     );
@@ -242,7 +191,7 @@ async fn depth_and_per_turn_limits_are_tool_errors_the_model_reads() {
     let s = e.serve(e.registry()).await;
     let w = e.worker(e.registry(), fast_worker()).await;
     let session = new_session(&s).await;
-    let turn_id = turn(&s, session, "LIMITS test").await;
+    let turn_id = send_turn(&s, session, "LIMITS test").await;
     let job = s.wait(turn_id, 30).await;
     w.shutdown(Duration::from_secs(1)).await;
     assert_eq!(job["state"], "succeeded", "{job}");
@@ -278,8 +227,11 @@ async fn cancelling_the_parent_cancels_its_subagents_and_none_succeeds_later() {
     fake.route(
         "CASCADE",
         [
-            calls(&[spawn("s1", "SUB-SLOW1 x"), spawn("s2", "SUB-SLOW2 y")]),
-            calls(&[wait_all()]),
+            calls(vec![
+                spawn_call("s1", "SUB-SLOW1 x", "SUB-SLOW1 x"),
+                spawn_call("s2", "SUB-SLOW2 y", "SUB-SLOW2 y"),
+            ]),
+            calls(vec![wait_all_call("w", 60)]),
         ],
     );
     fake.route("SUB-SLOW1", [common::chat::slow_text(40, 100)]);
@@ -288,7 +240,7 @@ async fn cancelling_the_parent_cancels_its_subagents_and_none_succeeds_later() {
     let s = e.serve(e.registry()).await;
     let w = e.worker(e.registry(), fast_worker()).await;
     let session = new_session(&s).await;
-    let turn_id = turn(&s, session, "CASCADE now").await;
+    let turn_id = send_turn(&s, session, "CASCADE now").await;
     let running = eventually(Duration::from_secs(20), || async {
         let n = scalar(
             &e,
@@ -333,7 +285,7 @@ async fn a_result_that_arrives_after_its_turn_ended_reaches_the_next_turn() {
     fake.route(
         "TARDY",
         [
-            calls(&[spawn("s1", "SUB-LATE work")]),
+            calls(vec![spawn_call("s1", "SUB-LATE work", "SUB-LATE work")]),
             Reply::text("spawned it, bye"),
         ],
     );
@@ -342,7 +294,7 @@ async fn a_result_that_arrives_after_its_turn_ended_reaches_the_next_turn() {
     let s = e.serve(e.registry()).await;
     let w = e.worker(e.registry(), fast_worker()).await;
     let session = new_session(&s).await;
-    let first = turn(&s, session, "TARDY start").await;
+    let first = send_turn(&s, session, "TARDY start").await;
     assert_eq!(s.wait(first, 30).await["state"], "succeeded");
     let done = eventually(Duration::from_secs(20), || async {
         let subs = subagents(&s, session).await;
@@ -355,7 +307,7 @@ async fn a_result_that_arrives_after_its_turn_ended_reaches_the_next_turn() {
         subagents(&s, session).await
     );
     let before = fake.request_count();
-    let second = turn(&s, session, "and now?").await;
+    let second = send_turn(&s, session, "and now?").await;
     assert_eq!(s.wait(second, 30).await["state"], "succeeded");
     w.shutdown(Duration::from_secs(1)).await;
     let next = &fake.requests()[before..];

@@ -11,39 +11,16 @@ use std::time::Duration;
 use common::browser::{Browser, WAIT, screenshot, sign_in, wait_for, wait_for_text, wait_until};
 use common::chat::{agent_env, slow_text};
 use common::fake_llm::{Chunk, FakeLlm, Reply};
+use common::subagents::{calls, new_session, send_turn, spawn_call, wait_all_call};
 use common::web::WebSession as Web;
 use common::{Server, eventually, fast_worker};
 use serde_json::json;
 use spool::agent::subagents::store::{By, Subagent, list};
 use uuid::Uuid;
 
-/// Creates a session with the `demo` workspace and returns its id.
-async fn new_session(s: &Server) -> Uuid {
-    let (st, b) = s
-        .post("/api/v1/sessions", json!({ "workspace": "demo" }))
-        .await;
-    assert_eq!(st, 201, "{b}");
-    b["id"].as_str().and_then(|i| i.parse().ok()).expect("id")
-}
-
-/// Sends a turn and returns its id.
-async fn send(s: &Server, session: Uuid, input: &str) -> Uuid {
-    let (st, b) = s
-        .post(
-            &format!("/api/v1/sessions/{session}/turns"),
-            json!({ "input": input }),
-        )
-        .await;
-    assert_eq!(st, 202, "{b}");
-    b["turn_id"]
-        .as_str()
-        .and_then(|t| t.parse().ok())
-        .expect("turn id")
-}
-
 /// Sends a turn and waits for it to succeed; otherwise fails showing every job's state.
 async fn run_turn(s: &Server, session: Uuid, input: &str) -> Uuid {
-    let turn = send(s, session, input).await;
+    let turn = send_turn(s, session, input).await;
     let done = s.wait(turn, 30).await;
     if done["state"] != "succeeded" {
         let (_, jobs) = s.get("/api/v1/jobs?limit=50").await;
@@ -60,27 +37,9 @@ async fn run_turn(s: &Server, session: Uuid, input: &str) -> Uuid {
     turn
 }
 
-/// `spawn_subagent` arguments.
-fn spawn_args(prompt: &str, label: &str) -> String {
-    json!({ "prompt": prompt, "label": label }).to_string()
-}
-
-fn spawn_call(id: &str, prompt: &str, label: &str) -> Chunk {
-    Chunk::ToolCall {
-        id: id.to_owned(),
-        name: "spawn_subagent".to_owned(),
-        arguments: spawn_args(prompt, label),
-        parts: 2,
-    }
-}
-
 /// Waits for every subagent the call ids name.
 fn wait_all(id: &str, wait_s: u64) -> Reply {
-    Reply::tool_call(
-        id,
-        "wait_subagents",
-        &json!({ "mode": "all", "wait_s": wait_s }).to_string(),
-    )
+    calls(vec![wait_all_call(id, wait_s)])
 }
 
 /// A one-chunk text reply with this usage.
@@ -282,11 +241,7 @@ async fn the_chat_page_lists_finished_subagents_and_opens_their_transcripts_read
 async fn the_job_page_shows_a_turn_its_subagent_and_the_subagent_it_spawned() {
     let fake = FakeLlm::start().await;
     fake.push_all([
-        Reply::tool_call(
-            "c1",
-            "spawn_subagent",
-            &spawn_args("SUB-A plan it", "outer"),
-        ),
+        calls(vec![spawn_call("c1", "SUB-A plan it", "outer")]),
         wait_all("c2", 30),
         Reply::text("all done"),
         Reply::text("A title"),
@@ -294,7 +249,7 @@ async fn the_job_page_shows_a_turn_its_subagent_and_the_subagent_it_spawned() {
     fake.route(
         "SUB-A",
         [
-            Reply::tool_call("d1", "spawn_subagent", &spawn_args("SUB-B do it", "inner")),
+            calls(vec![spawn_call("d1", "SUB-B do it", "inner")]),
             wait_all("d2", 30),
             Reply::text("outer done"),
         ],
@@ -374,11 +329,7 @@ async fn the_job_page_shows_a_turn_its_subagent_and_the_subagent_it_spawned() {
 async fn the_panel_follows_a_running_subagent_and_cancels_it_without_a_reload() {
     let fake = FakeLlm::start().await;
     fake.push_all([
-        Reply::tool_call(
-            "c1",
-            "spawn_subagent",
-            &spawn_args("SUB-A go slow", "slowpoke"),
-        ),
+        calls(vec![spawn_call("c1", "SUB-A go slow", "slowpoke")]),
         wait_all("c2", 120),
         Reply::text("it was stopped"),
         Reply::text("A title"),
@@ -400,7 +351,7 @@ async fn the_panel_follows_a_running_subagent_and_cancels_it_without_a_reload() 
         .await
         .expect("marker");
     // The turn starts after the page has loaded: the subagent must appear, and then run, live.
-    let turn = send(&s, session, "Start something slow").await;
+    let turn = send_turn(&s, session, "Start something slow").await;
     wait_for_text(&b, "#subagents", "slowpoke", WAIT).await;
     let sub = eventually(Duration::from_secs(10), || async {
         subagents(&e, session).await.into_iter().next()

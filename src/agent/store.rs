@@ -168,6 +168,16 @@ pub async fn messages(
     .await
 }
 
+/// A chat session and the hidden sessions of the subagents under it, at any depth.
+pub async fn session_family(db: &PgPool, session_id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT $1::uuid AS "id!" UNION ALL SELECT id FROM sessions WHERE parent_session_id = $1"#,
+        session_id
+    )
+    .fetch_all(db)
+    .await
+}
+
 /// Stores the user's message, in the same transaction as the turn's enqueue.
 pub async fn insert_user_message(
     conn: &mut PgConnection,

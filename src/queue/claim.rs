@@ -3,6 +3,7 @@
 //! Every statement here that touches a held job carries `lease_token = $token`, so a worker whose
 //! lease lapsed (and whose job was rescued or re-claimed) changes nothing.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -276,7 +277,7 @@ pub async fn finish(pool: &PgPool, batch: &[Finish]) -> Result<Vec<Uuid>, sqlx::
     .fetch_all(&mut *tx)
     .await?;
     // Children that ended wake (or count down) their waiting parents in the same transaction.
-    let ended: Vec<Uuid> = rows
+    let ended: HashSet<Uuid> = rows
         .iter()
         .filter(|r| r.parent_id.is_some() && r.state.is_terminal())
         .map(|r| r.id)
@@ -287,6 +288,7 @@ pub async fn finish(pool: &PgPool, batch: &[Finish]) -> Result<Vec<Uuid>, sqlx::
             .filter(|f| ended.contains(&f.id))
             .filter_map(|f| f.parent_event.clone())
             .collect();
+        let ended: Vec<Uuid> = ended.into_iter().collect();
         suspend::children_finished(&mut tx, &ended, &events).await?;
     }
     tx.commit().await?;

@@ -242,11 +242,12 @@ pub struct UsageTotals {
     pub cost_usd: f64,
 }
 
-/// Every LLM call of session `session_id` in `project_id`, summed.
+/// Every LLM call of the sessions `sessions` in `project_id`, summed (a chat session with its
+/// subagents' hidden sessions: their usage rolls up into it).
 pub async fn session_usage(
     pool: &PgPool,
     project_id: Uuid,
-    session_id: Uuid,
+    sessions: &[Uuid],
 ) -> Result<UsageTotals, sqlx::Error> {
     sqlx::query_as!(
         UsageTotals,
@@ -263,9 +264,9 @@ pub async fn session_usage(
                   coalesce(sum(CASE WHEN jsonb_typeof(attrs->'spool.cost_usd') = 'number'
                       THEN (attrs->'spool.cost_usd')::float8 END), 0)::float8 AS "cost_usd!"
            FROM spans
-           WHERE project_id = $1 AND session_id = $2 AND kind = 'llm' AND ended_at IS NOT NULL"#,
+           WHERE project_id = $1 AND session_id = ANY($2) AND kind = 'llm' AND ended_at IS NOT NULL"#,
         project_id,
-        session_id
+        sessions
     )
     .fetch_one(pool)
     .await

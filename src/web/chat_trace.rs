@@ -76,7 +76,8 @@ pub async fn usage(
     session: Uuid,
     oob: bool,
 ) -> Result<String, WebError> {
-    let u = store::session_usage(pool, project, session).await?;
+    let family = crate::agent::store::session_family(pool, session).await?;
+    let u = store::session_usage(pool, project, &family).await?;
     Ok(UsageTpl {
         calls: u.calls,
         input: view::thousands(u.input_tokens),

@@ -183,7 +183,8 @@ pub(super) async fn panel(
         let (input, output, cost) = if finished {
             (s.input_tokens, s.output_tokens, s.cost_usd)
         } else {
-            let u = crate::trace::store::session_usage(pool, project, s.hidden_session_id).await?;
+            let u =
+                crate::trace::store::session_usage(pool, project, &[s.hidden_session_id]).await?;
             (u.input_tokens, u.output_tokens, u.cost_usd)
         };
         rows.push(Row {
@@ -368,7 +369,7 @@ pub async fn page(
     let (input, output, cost) = if s.finished() {
         (s.input_tokens, s.output_tokens, s.cost_usd)
     } else {
-        let u = crate::trace::store::session_usage(pool, project, s.hidden_session_id).await?;
+        let u = crate::trace::store::session_usage(pool, project, &[s.hidden_session_id]).await?;
         (u.input_tokens, u.output_tokens, u.cost_usd)
     };
     Ok(Html(

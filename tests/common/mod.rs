@@ -9,6 +9,7 @@ pub mod fake_llm;
 pub mod files;
 pub mod moto;
 pub mod sse;
+pub mod subagents;
 pub mod web;
 
 use std::net::SocketAddr;

@@ -165,8 +165,9 @@ pub async fn list(
         r#"
         SELECT s.id, s.session_id, s.root_session_id, s.parent_job_id, s.hidden_session_id, s.depth,
                s.label, s.prompt, s.model, s.tools, s.budget_tokens,
-               CASE WHEN j.state IN ('failed', 'cancelled') THEN j.state::text
-                    WHEN s.status IN ('succeeded', 'budget_exhausted') THEN s.status
+               -- The job's state is the truth: the row's own status only tells a succeeded job
+               -- that ran out of budget from one that answered.
+               CASE WHEN j.state = 'succeeded' AND s.status = 'budget_exhausted' THEN s.status
                     ELSE j.state::text END AS "status!",
                s.summary, s.output, s.input_tokens, s.output_tokens, s.cost_usd, s.created_at,
                j.started_at, coalesce(s.finished_at, j.finished_at) AS finished_at, s.collected_by,
@@ -273,7 +274,8 @@ pub async fn notices_for_turn(
             RETURNING s.id
         )
         SELECT s.id, s.label,
-               CASE WHEN j.state = 'succeeded' THEN s.status ELSE j.state::text END AS "status!",
+               CASE WHEN j.state = 'succeeded' AND s.status = 'budget_exhausted' THEN s.status
+                    ELSE j.state::text END AS "status!",
                coalesce(s.output, j.error->>'message', '') AS "output!"
         FROM subagents s JOIN jobs j ON j.id = s.id
         WHERE s.session_id = $3 AND (s.collected_by = $1 OR s.id IN (SELECT id FROM claimed))
