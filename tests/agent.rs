@@ -4,9 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::chat::{agent_env, slow_text};
+use common::chat::{agent_env, slow_text, worker_process};
 use common::fake_llm::{Chunk, FakeLlm, Reply};
-use common::{Env, Server, eventually, fast_worker};
+use common::{Server, eventually, fast_worker};
 use serde_json::{Value, json};
 use spool::worker::WorkerConfig;
 use uuid::Uuid;
@@ -510,32 +510,6 @@ async fn a_refreshed_session_stream_resumes_to_the_identical_transcript() {
         .filter_map(|f| f.2["data"]["text"].as_str())
         .collect();
     assert_eq!(text, (0..30).map(|i| format!("w{i} ")).collect::<String>());
-}
-
-/// A `spool worker` process configured for the fake model and the demo workspace.
-async fn worker_process(e: &Env, fake: &FakeLlm) -> tokio::process::Child {
-    let dir = std::env::temp_dir().join(format!("spool-cfg-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let root = e.settings.workspaces[0].root.display().to_string();
-    let toml = format!(
-        "default_model = \"fake\"\n[[models]]\nname = \"fake\"\nprovider = \"openai\"\nbase_url = \"{}\"\n\n[[workspaces]]\nname = \"demo\"\nroot = \"{root}\"\n",
-        fake.base_url
-    );
-    let cfg = dir.join("spool.toml");
-    std::fs::write(&cfg, toml).expect("config");
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_spool"))
-        .arg("worker")
-        .arg("--config")
-        .arg(&cfg)
-        .env("DATABASE_URL", &e.db.url)
-        .env("SPOOL_LEASE_S", "2")
-        .env("SPOOL_HTTP_ALLOW_LOOPBACK", "true")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn worker")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

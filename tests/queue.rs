@@ -499,3 +499,48 @@ async fn shutdown_hands_running_jobs_back_and_leaves_none_running() {
         .expect("worker");
     assert_eq!(state, "stopped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_and_cancel_meet_on_the_parent_row_whichever_comes_first() {
+    use spool::queue::control;
+    use spool::queue::suspend::{self, Suspended, Wait};
+    let e = env().await;
+    let pool = &e.svc.pool;
+    let claim_one = |id: Uuid| async move {
+        let held = claim::claim(pool, "default", "w1", 10, Duration::from_secs(30))
+            .await
+            .expect("claim");
+        held.into_iter().find(|j| j.id == id).expect("claimed")
+    };
+    let wait_on = |child: Uuid| Wait {
+        children: vec![child],
+        any: false,
+        until: chrono::Utc::now() + chrono::Duration::seconds(60),
+    };
+    // A cancel requested while the handler decides to wait: the suspend refuses, nothing moves.
+    let a = enqueue_one(pool, e.project, NewJob::new("noop", json!({}))).await;
+    let held = claim_one(a).await;
+    let mut child = NewJob::new("noop", json!({}));
+    child.parent_id = Some(a);
+    child.run_at = Some(chrono::Utc::now() + chrono::Duration::seconds(3600));
+    let a_child = enqueue_one(pool, e.project, child.clone()).await;
+    control::cancel(pool, e.project, a).await.expect("cancel");
+    let s = suspend::suspend(pool, a, held.lease_token, &wait_on(a_child))
+        .await
+        .expect("suspend");
+    assert_eq!(s, Suspended::CancelRequested);
+    assert_eq!(state_of(pool, a).await, "running");
+    // A suspend first, then the cancel: the waiting job and its child end at once.
+    let b = enqueue_one(pool, e.project, NewJob::new("noop", json!({}))).await;
+    let held = claim_one(b).await;
+    child.parent_id = Some(b);
+    let b_child = enqueue_one(pool, e.project, child).await;
+    let s = suspend::suspend(pool, b, held.lease_token, &wait_on(b_child))
+        .await
+        .expect("suspend");
+    assert_eq!(s, Suspended::Waiting);
+    assert_eq!(state_of(pool, b).await, "waiting");
+    control::cancel(pool, e.project, b).await.expect("cancel");
+    assert_eq!(state_of(pool, b).await, "cancelled");
+    assert_eq!(state_of(pool, b_child).await, "cancelled");
+}

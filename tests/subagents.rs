@@ -108,6 +108,22 @@ async fn a_turn_fans_out_to_three_subagents_and_waits_without_a_worker_slot() {
     for r in ["result one", "result two", "result three"] {
         assert!(sent.contains(r), "the final round did not get {r}: {sent}");
     }
+    // In the trace, each subagent's job span hangs under the tool span that spawned it.
+    let nested = scalar(
+        &e,
+        &format!(
+            "SELECT count(*) FROM spans c JOIN spans t
+               ON t.trace_id = c.trace_id AND t.span_id = c.parent_span_id
+             JOIN jobs j ON j.id = c.job_id
+             WHERE j.parent_id = '{turn_id}' AND c.kind = 'job' AND t.kind = 'tool'
+               AND t.job_id = '{turn_id}' AND t.name = 'execute_tool spawn_subagent'"
+        ),
+    )
+    .await;
+    assert_eq!(
+        nested, 3,
+        "subagent spans do not nest under their spawning tool spans"
+    );
     let completed = scalar(&e, &format!(
         "SELECT count(*) FROM job_events WHERE job_id = '{turn_id}' AND kind = 'subagent_completed'")).await;
     assert_eq!(completed, 3);
@@ -276,7 +292,10 @@ async fn cancelling_the_parent_cancels_its_subagents_and_none_succeeds_later() {
         ),
     )
     .await;
-    assert_eq!(late, 0, "a cancelled subagent wrote succeeded");
+    assert_eq!(
+        late, 0,
+        "a cancelled subagent (or a child born after the cancel) wrote succeeded"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,4 +346,78 @@ async fn a_result_that_arrives_after_its_turn_ended_reaches_the_next_turn() {
     )
     .await;
     assert_eq!(collected, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_rescued_after_its_worker_dies_still_completes_its_parent_once() {
+    let fake = FakeLlm::start().await;
+    fake.route(
+        "CRASHP",
+        [
+            calls(vec![spawn_call("s1", "SUB-CRASH work", "crashy")]),
+            calls(vec![wait_all_call("w", 120)]),
+            Reply::text("parent done"),
+        ],
+    );
+    // The first attempt stalls mid-reply on the worker that dies; the rescued one answers.
+    fake.route(
+        "SUB-CRASH",
+        [
+            Reply::Stall {
+                chunks: vec![Chunk::Text("half an ans".into())],
+                stall_ms: 60_000,
+            },
+            Reply::text("child survived"),
+        ],
+    );
+    let e = agent_env(&fake).await;
+    let s = e.serve(e.registry()).await;
+    let mut victim = common::chat::worker_process(&e, &fake).await;
+    let session = new_session(&s).await;
+    let turn_id = send_turn(&s, session, "CRASHP go").await;
+    let child_mid_reply = eventually(Duration::from_secs(30), || async {
+        let n = scalar(
+            &e,
+            &format!(
+                "SELECT count(*) FROM jobs p JOIN jobs c ON c.parent_id = p.id
+             WHERE p.id = '{turn_id}' AND p.state = 'waiting' AND c.state = 'running'"
+            ),
+        )
+        .await;
+        let asked = fake
+            .requests()
+            .iter()
+            .any(|r| r["messages"].to_string().contains("SUB-CRASH work"));
+        (n == 1 && asked).then_some(())
+    })
+    .await;
+    assert!(
+        child_mid_reply.is_some(),
+        "the child never started on the first worker"
+    );
+    victim.start_kill().expect("kill -9");
+    let _ = victim.wait().await;
+    let cfg = spool::worker::WorkerConfig {
+        rescue_interval: Duration::from_millis(200),
+        ..fast_worker()
+    };
+    let w = e.worker(e.registry(), cfg).await;
+    let job = s.wait(turn_id, 40).await;
+    w.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let subs = subagents(&s, session).await;
+    assert_eq!(subs.len(), 1);
+    assert_eq!(subs[0]["status"], "succeeded", "{subs:?}");
+    assert_eq!(subs[0]["output"], "child survived");
+    let child = subs[0]["id"].as_str().expect("id");
+    let attempts = scalar(
+        &e,
+        &format!("SELECT attempt::bigint FROM jobs WHERE id = '{child}'"),
+    )
+    .await;
+    assert_eq!(attempts, 2, "the child was not rescued and run again");
+    let parent_done = scalar(&e, &format!(
+        "SELECT count(*) FROM job_events WHERE job_id = '{turn_id}' AND kind = 'state' AND data->>'state' = 'succeeded'")).await;
+    assert_eq!(parent_done, 1, "the parent completed more than once");
+    assert!(tool_results_sent(&fake).contains("child survived"));
 }

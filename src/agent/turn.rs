@@ -305,8 +305,10 @@ pub(super) async fn run_loop(
         }
         tool_calls::run(&round, &completion.tool_calls, true).await?;
     }
+    // A cancelled turn starts no title job under it.
     if scope.depth == 0
         && first_turn
+        && !ctx.is_cancelled()
         && let Err(e) = title::request(deps, ctx, session_id).await
     {
         tracing::warn!(error = %e, "could not request a session title");

@@ -32,6 +32,8 @@ pub enum Suspended {
     Requeued,
     /// The lease was no longer ours; nothing changed.
     Lost,
+    /// A cancel was requested; nothing changed, and the caller finishes the job as cancelled.
+    CancelRequested,
 }
 
 /// An event a finishing child leaves in its parent's log (e.g. `subagent_completed`).
@@ -51,15 +53,20 @@ pub async fn suspend(
     wait: &Wait,
 ) -> Result<Suspended, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let ours = sqlx::query_scalar!(
-        "SELECT id FROM jobs WHERE id = $1 AND lease_token = $2 FOR UPDATE",
+    let cancel_requested = sqlx::query_scalar!(
+        r#"SELECT cancel_requested_at IS NOT NULL AS "cancel!" FROM jobs
+           WHERE id = $1 AND lease_token = $2 FOR UPDATE"#,
         id,
         token
     )
     .fetch_optional(&mut *tx)
     .await?;
-    if ours.is_none() {
-        return Ok(Suspended::Lost);
+    match cancel_requested {
+        None => return Ok(Suspended::Lost),
+        // A cancel that came while the handler was deciding to wait wins: the job must end, not
+        // sleep. A cancel arriving after this lock finds the job `waiting` and ends it at once.
+        Some(true) => return Ok(Suspended::CancelRequested),
+        Some(false) => {}
     }
     // A new statement, so a new snapshot: every child completion that reached this row before
     // our lock has committed and is seen here; any later one blocks on the lock and counts down.

@@ -139,11 +139,16 @@ async fn run_job(shared: Arc<Shared>, claimed: Claimed) {
         Some(Stop::LeaseLost)
     };
     tracing::debug!(job_id = %job.id, kind = %job.kind, elapsed_ms = started.elapsed().as_millis() as u64, "attempt ended");
-    if let (None, Err(JobError::Suspend(wait))) = (stop_reason, &result) {
-        suspend(&shared, &job, wait).await;
-        shared.with_inflight(|m| m.remove(&job.id));
-        return;
-    }
+    let result = match (stop_reason, result) {
+        (None, Err(JobError::Suspend(wait))) => {
+            if suspend(&shared, &job, &wait).await {
+                shared.with_inflight(|m| m.remove(&job.id));
+                return;
+            }
+            Err(JobError::Cancelled)
+        }
+        (_, r) => r,
+    };
     match decide(&shared.cfg, &job, result, stop_reason) {
         Some(outcome) => {
             let parent_event =
@@ -175,14 +180,16 @@ async fn run_job(shared: Arc<Shared>, claimed: Claimed) {
 }
 
 /// Writes a suspend; a database error is retried for a while, then the lease is left to lapse
-/// (rescue queues the job again).
-async fn suspend(shared: &Shared, job: &ClaimedJob, wait: &Wait) {
+/// (rescue queues the job again). False when a cancel was requested instead: the job is to
+/// finish as cancelled.
+async fn suspend(shared: &Shared, job: &ClaimedJob, wait: &Wait) -> bool {
     let mut delay = Duration::from_millis(20);
     for _ in 0..8 {
         match suspend::suspend(&shared.pool, job.id, job.lease_token, wait).await {
+            Ok(suspend::Suspended::CancelRequested) => return false,
             Ok(s) => {
                 tracing::debug!(job_id = %job.id, outcome = ?s, "suspended");
-                return;
+                return true;
             }
             Err(e) => {
                 tracing::warn!(job_id = %job.id, error = %e, "suspend failed; retrying");
@@ -192,6 +199,7 @@ async fn suspend(shared: &Shared, job: &ClaimedJob, wait: &Wait) {
         }
     }
     tracing::error!(job_id = %job.id, "could not suspend; leaving the job to rescue");
+    true
 }
 
 /// A large result is written as a blob before the fenced finish that refers to it.

@@ -43,3 +43,29 @@ pub fn slow_text(words: usize, delay_ms: u64) -> Reply {
         delay_ms,
     }
 }
+
+/// A `spool worker` process configured for the fake model and the demo workspace.
+pub async fn worker_process(e: &Env, fake: &FakeLlm) -> tokio::process::Child {
+    let dir = std::env::temp_dir().join(format!("spool-cfg-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let root = e.settings.workspaces[0].root.display().to_string();
+    let toml = format!(
+        "default_model = \"fake\"\n[[models]]\nname = \"fake\"\nprovider = \"openai\"\nbase_url = \"{}\"\n\n[[workspaces]]\nname = \"demo\"\nroot = \"{root}\"\n",
+        fake.base_url
+    );
+    let cfg = dir.join("spool.toml");
+    std::fs::write(&cfg, toml).expect("config");
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_spool"))
+        .arg("worker")
+        .arg("--config")
+        .arg(&cfg)
+        .env("DATABASE_URL", &e.db.url)
+        .env("SPOOL_LEASE_S", "2")
+        .env("SPOOL_HTTP_ALLOW_LOOPBACK", "true")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn worker")
+}
