@@ -421,3 +421,103 @@ async fn a_child_rescued_after_its_worker_dies_still_completes_its_parent_once()
     assert_eq!(parent_done, 1, "the parent completed more than once");
     assert!(tool_results_sent(&fake).contains("child survived"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_parent_cap_queues_children_and_a_spent_budget_stops_one() {
+    let fake = FakeLlm::start().await;
+    fake.route(
+        "CAPPED",
+        [
+            calls(vec![
+                spawn_call("s1", "SUB-C1 a", "c1"),
+                spawn_call("s2", "SUB-C2 b", "c2"),
+                spawn_call("s3", "SUB-C3 c", "c3"),
+                spawn_call("s4", "SUB-C4 d", "c4"),
+                Chunk::ToolCall {
+                    id: "s5".into(),
+                    name: "spawn_subagent".into(),
+                    arguments:
+                        json!({ "prompt": "SUB-POOR e", "label": "poor", "budget_tokens": 50 })
+                            .to_string(),
+                    parts: 1,
+                },
+            ]),
+            calls(vec![wait_all_call("w", 60)]),
+            Reply::text("capped done"),
+        ],
+    );
+    for m in ["SUB-C1", "SUB-C2", "SUB-C3", "SUB-C4"] {
+        fake.route(m, [slow("capped child", 400)]);
+    }
+    // The poor one asks for a tool after spending 60 tokens of its 50: it stops there.
+    fake.route(
+        "SUB-POOR",
+        [Reply::Stream {
+            chunks: vec![Chunk::ToolCall {
+                id: "p1".into(),
+                name: "list_dir".into(),
+                arguments: json!({ "path": "." }).to_string(),
+                parts: 1,
+            }],
+            usage: Some(spool::llm::Usage {
+                input_tokens: 40,
+                output_tokens: 20,
+                ..Default::default()
+            }),
+            delay_ms: 0,
+        }],
+    );
+    let mut e = agent_env(&fake).await;
+    e.settings.subagents.running_per_parent = 2;
+    let s = e.serve(e.registry()).await;
+    let w = e.worker(e.registry(), fast_worker()).await;
+    let session = new_session(&s).await;
+    let turn_id = send_turn(&s, session, "CAPPED run").await;
+    let job = s.wait(turn_id, 40).await;
+    w.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    // At no child's start were more than 2 children running.
+    let most = scalar(
+        &e,
+        &format!(
+            "SELECT max((SELECT count(*) FROM jobs b WHERE b.parent_id = a.parent_id
+                         AND b.started_at <= a.started_at AND b.finished_at > a.started_at))
+             FROM jobs a WHERE a.parent_id = '{turn_id}'"
+        ),
+    )
+    .await;
+    assert!(most <= 2, "{most} children ran at once under a cap of 2");
+    let subs = subagents(&s, session).await;
+    assert_eq!(subs.len(), 5);
+    let poor = subs.iter().find(|x| x["label"] == "poor").expect("poor");
+    assert_eq!(poor["status"], "budget_exhausted", "{poor}");
+    assert!(
+        poor["output"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("budget exhausted: 60 tokens used of 50")),
+        "{poor}"
+    );
+    assert_eq!(
+        subs.iter().filter(|x| x["status"] == "succeeded").count(),
+        4
+    );
+    // Usage rolls up: the turn's result counts the subagents' tokens.
+    assert!(
+        job["result"]["subagents"]["input_tokens"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 40,
+        "{job}"
+    );
+    // The REST tree names all five under the turn.
+    let (st, tree) = s.get(&format!("/api/v1/jobs/{turn_id}/children")).await;
+    assert_eq!(st, 200, "{tree}");
+    let kids = tree["children"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        kids.iter()
+            .filter(|k| k["kind"] == "agent.subagent" && k["depth"] == 1)
+            .count(),
+        5,
+        "{tree}"
+    );
+}
