@@ -75,10 +75,12 @@ pub fn builtin_registry(pool: &PgPool, s: &Settings) -> anyhow::Result<Registry>
         },
         subagent_limits: s.subagents,
     });
-    Ok(turn::register(
-        kinds::register_builtins(Registry::new(), deps),
-        agent,
-    ))
+    let workflows = Arc::new(crate::workflow::run::Deps {
+        pool: pool.clone(),
+        settings: s.workflows.clone(),
+    });
+    let registry = turn::register(kinds::register_builtins(Registry::new(), deps), agent);
+    Ok(crate::workflow::run::register(registry, workflows))
 }
 
 /// The API state for these services.
@@ -97,6 +99,7 @@ pub fn api_state(svc: &Services, registry: Registry, s: &Settings) -> AppState {
         },
         metrics_token: s.metrics_token.as_ref().map(|t| Arc::from(t.expose())),
         blobs: s.blobs.clone(),
+        workflows: Arc::new(s.workflows.clone()),
     }
 }
 

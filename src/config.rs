@@ -30,12 +30,13 @@ pub struct FileConfig {
 }
 
 /// Keys a `spool.toml` may hold besides the settings: sections later features read.
-const SECTIONS: [&str; 5] = [
+const SECTIONS: [&str; 6] = [
     "models",
     "workspaces",
     "default_model",
     "subagents",
     "blob_options",
+    "workflows",
 ];
 
 /// Errors reading configuration.
@@ -131,6 +132,8 @@ pub struct Settings {
     pub workspaces: Vec<Workspace>,
     /// Limits on subagents (`[subagents]`).
     pub subagents: crate::agent::subagents::Limits,
+    /// Workflow scripts: their directory, sandbox limits, default budget, cache TTL (`[workflows]`).
+    pub workflows: crate::workflow::Settings,
     /// Share of a model's context window the last prompt may fill before compaction.
     pub compaction_share: f64,
     /// Bearer token `/metrics` requires; without one, only loopback may scrape.
@@ -269,6 +272,16 @@ impl Settings {
                 })?,
             None => Default::default(),
         };
+        let workflows = match file.other.get("workflows") {
+            Some(t) => t
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    key: "workflows",
+                    message: e.to_string(),
+                })?,
+            None => Default::default(),
+        };
         let listen_raw = v.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
         let listen = listen_raw.parse().map_err(|e| ConfigError::Invalid {
             key: "listen",
@@ -335,6 +348,7 @@ impl Settings {
             models,
             workspaces,
             subagents,
+            workflows,
             compaction_share: v.compaction_share.unwrap_or(0.5).clamp(0.05, 0.95),
             // An empty token (e.g. `SPOOL_METRICS_TOKEN=`) means none, not "any empty bearer".
             metrics_token: v

@@ -25,6 +25,7 @@ pub mod tools;
 pub mod trace;
 pub mod web;
 pub mod worker;
+pub mod workflow;
 
 pub use queue::{Enqueued, Job, JobState, NewJob, enqueue};
 pub use worker::{JobContext, JobError, Registry};

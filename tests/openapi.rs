@@ -174,8 +174,9 @@ fn job_and_session_routes_need_a_bearer_token_and_declare_401() {
     let (mut jobs, mut sessions) = (0, 0);
     for (path, method, op) in operations(&doc) {
         let is_jobs = path.starts_with("/api/v1/jobs");
-        let is_sessions =
-            path.starts_with("/api/v1/sessions") || path.starts_with("/api/v1/traces");
+        let is_sessions = path.starts_with("/api/v1/sessions")
+            || path.starts_with("/api/v1/traces")
+            || path.starts_with("/api/v1/workflow");
         if is_jobs || is_sessions {
             if is_jobs {
                 jobs += 1;

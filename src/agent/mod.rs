@@ -10,6 +10,7 @@ pub mod history;
 pub mod saver;
 pub mod sessions;
 mod spans;
+pub mod step;
 pub mod store;
 pub mod subagents;
 pub mod title;

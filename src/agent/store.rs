@@ -280,3 +280,41 @@ pub async fn snapshot_isolation(conn: &mut PgConnection) -> Result<(), sqlx::Err
         .await?;
     Ok(())
 }
+
+/// Creates a workflow step's session, with `prompt` as the user message of the step's turn
+/// (`fence.0`), unless an earlier attempt of the step already did. False when the lease is lost.
+pub async fn ensure_step_session(
+    pool: &PgPool,
+    fence: Fence,
+    project_id: Uuid,
+    session_id: Uuid,
+    prompt: &str,
+    model: &str,
+    workspace: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        WITH fence AS (SELECT 1 FROM jobs WHERE id = $1 AND lease_token = $2),
+        s AS (
+            INSERT INTO sessions (id, project_id, title, model, workspace)
+            SELECT $3, $4, 'workflow step', $5, $6 WHERE EXISTS (SELECT 1 FROM fence)
+            ON CONFLICT (id) DO NOTHING
+            RETURNING id
+        ), m AS (
+            INSERT INTO messages (id, session_id, turn_id, role, content, status)
+            SELECT $7, id, $1, 'user', jsonb_build_object('text', $8::text), 'complete' FROM s
+        )
+        SELECT EXISTS (SELECT 1 FROM fence) AS "ok!"
+        "#,
+        fence.0,
+        fence.1,
+        session_id,
+        project_id,
+        model,
+        workspace,
+        Uuid::now_v7(),
+        prompt,
+    )
+    .fetch_one(pool)
+    .await
+}

@@ -50,10 +50,12 @@ pub struct AgentDeps {
 pub fn register(registry: Registry, deps: Arc<AgentDeps>) -> Registry {
     let for_titles = Arc::clone(&deps);
     let for_subagents = Arc::clone(&deps);
+    let for_steps = Arc::clone(&deps);
     let registry = registry.register(TURN_KIND, move |ctx: JobContext| {
         run(Arc::clone(&deps), ctx)
     });
     let registry = subagents::kind::register(registry, for_subagents);
+    let registry = super::step::register(registry, for_steps);
     title::register(registry, for_titles)
 }
 
@@ -112,6 +114,8 @@ pub struct Scope {
     pub tools: Option<Vec<String>>,
     /// Stop once input plus output tokens reach this.
     pub budget_tokens: Option<u64>,
+    /// Rounds of model calls (the last without tools); the process default when `None`.
+    pub max_rounds: Option<usize>,
 }
 
 /// How a loop ended.
@@ -279,7 +283,7 @@ pub(super) async fn run_loop(
         {
             break; // The reply was already complete when the previous attempt died.
         }
-        let offer_tools = done_rounds + 1 < deps.max_rounds;
+        let offer_tools = done_rounds + 1 < scope.max_rounds.unwrap_or(deps.max_rounds);
         let req = ChatRequest {
             model: model.wire_model().to_owned(),
             messages: history::build(system.as_deref(), summary.as_deref(), &messages, &files),

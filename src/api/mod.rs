@@ -16,6 +16,7 @@ pub mod metrics;
 mod sessions;
 mod traces;
 mod turn_input;
+mod workflows;
 
 pub use attachments::{
     MULTIPART_OVERHEAD, created as upload_answer, read_upload, stream as attachment_response,
@@ -25,7 +26,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use sqlx::PgPool;
 
 pub use error::ApiError;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub metrics_token: Option<Arc<str>>,
     /// Attachments and offloaded payloads.
     pub blobs: Blobs,
+    /// Where workflow files live, and the limits runs get.
+    pub workflows: Arc<crate::workflow::Settings>,
 }
 
 /// What sessions may refer to.
@@ -118,6 +121,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/sessions/{id}/abort", post(sessions::abort))
         .route("/api/v1/sessions/{id}/subagents", get(sessions::subagents))
         .route("/api/v1/sessions/{id}/traces", get(traces::of_session))
+        .route("/api/v1/workflows", get(workflows::list))
+        .route("/api/v1/workflows/{name}", put(workflows::upload))
+        .route("/api/v1/workflows/{name}/runs", post(workflows::start))
+        .route(
+            "/api/v1/workflows/{name}/cache",
+            delete(workflows::clear_cache),
+        )
+        .route("/api/v1/workflow-runs/{id}", get(workflows::get))
+        .route("/api/v1/workflow-runs/{id}/cancel", post(workflows::cancel))
+        .route("/api/v1/workflow-runs/{id}/events", get(events::job_events))
         .route("/api/v1/openapi.json", get(health::openapi))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -45,7 +45,8 @@ pub struct ParentEvent {
 }
 
 /// Suspends job `id` (fenced by `token`) until `wait` holds. The attempt is handed back
-/// uncounted, the concurrency key stays held, and the attempt's span ends.
+/// uncounted, the concurrency key stays held, and the attempt's span ends. With no `children`
+/// the job sleeps until `until` (queued at once when that has passed).
 pub async fn suspend(
     pool: &PgPool,
     id: Uuid,
@@ -77,7 +78,10 @@ pub async fn suspend(
                    count(*) AS total
             FROM jobs WHERE id = ANY($3) AND parent_id = $1
         ), need AS (
-            SELECT CASE WHEN NOT $4 THEN open
+            -- No children: a pure timer (a workflow's `sleep`). It waits for `until` alone, which
+            -- only `resume_expired` ends; no child can count it down, so no race to lose.
+            SELECT CASE WHEN cardinality($3::uuid[]) = 0 THEN (CASE WHEN $5 > now() THEN 1 ELSE 0 END)
+                        WHEN NOT $4 THEN open
                         WHEN open = total AND total > 0 THEN 1
                         ELSE 0 END AS n
             FROM open

@@ -11,6 +11,7 @@ pub mod moto;
 pub mod sse;
 pub mod subagents;
 pub mod web;
+pub mod workflows;
 
 use std::net::SocketAddr;
 use std::time::Duration;

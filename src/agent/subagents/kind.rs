@@ -31,6 +31,7 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
                 .collect()
         }),
         budget_tokens: ctx.args["budget_tokens"].as_u64(),
+        max_rounds: None,
     };
     let end = turn::run_loop(&deps, &ctx, &scope).await?;
     let messages = crate::agent::store::messages(&deps.pool, end.session_id)
