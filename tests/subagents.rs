@@ -88,6 +88,13 @@ async fn a_turn_fans_out_to_three_subagents_and_waits_without_a_worker_slot() {
     assert_eq!(job["attempt"], 1, "suspending must not count attempts");
     let subs = subagents(&s, session).await;
     assert_eq!(subs.len(), 3);
+    // Their hidden sessions are not chats: the list shows the one the user opened.
+    let (_, listed) = s.get("/api/v1/sessions").await;
+    let ids: Vec<&str> = listed["sessions"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|x| x["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, vec![session.to_string().as_str()], "{listed}");
     assert!(
         subs.iter()
             .all(|x| x["status"] == "succeeded" && x["parent_job_id"] == turn_id.to_string()),

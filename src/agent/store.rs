@@ -99,7 +99,7 @@ pub async fn session(
     .await
 }
 
-/// A page of sessions, newest first, older than `before`.
+/// A page of chat sessions (not subagents' or workflow steps'), newest first, older than `before`.
 pub async fn sessions(
     pool: &PgPool,
     project_id: Uuid,
@@ -109,7 +109,7 @@ pub async fn sessions(
     sqlx::query_as!(
         Session,
         "SELECT id, project_id, title, model, system_prompt, workspace, summary, summary_upto, created_at, updated_at
-         FROM sessions WHERE project_id = $1 AND ($2::uuid IS NULL OR id < $2)
+         FROM sessions WHERE project_id = $1 AND purpose = 'chat' AND ($2::uuid IS NULL OR id < $2)
          ORDER BY id DESC LIMIT $3",
         project_id,
         before,
@@ -296,8 +296,8 @@ pub async fn ensure_step_session(
         r#"
         WITH fence AS (SELECT 1 FROM jobs WHERE id = $1 AND lease_token = $2),
         s AS (
-            INSERT INTO sessions (id, project_id, title, model, workspace)
-            SELECT $3, $4, 'workflow step', $5, $6 WHERE EXISTS (SELECT 1 FROM fence)
+            INSERT INTO sessions (id, project_id, title, model, workspace, purpose)
+            SELECT $3, $4, 'workflow step', $5, $6, 'workflow_step' WHERE EXISTS (SELECT 1 FROM fence)
             ON CONFLICT (id) DO NOTHING
             RETURNING id
         ), m AS (

@@ -69,8 +69,8 @@ pub async fn insert(conn: &mut PgConnection, s: &NewSubagent<'_>) -> Result<(), 
     sqlx::query!(
         r#"
         WITH hidden AS (
-            INSERT INTO sessions (id, project_id, title, model, workspace, parent_session_id)
-            VALUES ($5, $2, coalesce($7, 'subagent'), $9, $12, $4)
+            INSERT INTO sessions (id, project_id, title, model, workspace, parent_session_id, purpose)
+            VALUES ($5, $2, coalesce($7, 'subagent'), $9, $12, $4, 'subagent')
         ), msg AS (
             INSERT INTO messages (id, session_id, turn_id, role, content, status)
             VALUES ($13, $5, $1, 'user', jsonb_build_object('text', $8::text), 'complete')
