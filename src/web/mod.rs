@@ -1,5 +1,5 @@
-//! The server-rendered pages: sign-in, overview, jobs, chats, workers and traces, with askama
-//! templates, htmx and live fragments over SSE.
+//! The server-rendered pages: sign-in, overview, jobs, chats, workers, traces and workflows,
+//! with askama templates, htmx and live fragments over SSE.
 //!
 //! Owns routing, the browser session (a signed cookie) and CSRF checks, and turns domain values
 //! into HTML. It never writes SQL: reads and state changes go through `queue`, `events`, `agent`
@@ -21,6 +21,7 @@ mod subagents;
 mod traces;
 pub mod view;
 mod workers;
+mod workflows;
 
 use std::sync::Arc;
 
@@ -52,6 +53,7 @@ pub fn router(app: AppState, keys: Keys) -> Router {
         .merge(jobs::actions())
         .merge(chats::actions(max_upload))
         .merge(subagents::actions())
+        .merge(workflows::actions())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::csrf_guard,
@@ -67,6 +69,7 @@ pub fn router(app: AppState, keys: Keys) -> Router {
         .merge(subagents::pages())
         .merge(workers::pages())
         .merge(traces::pages())
+        .merge(workflows::pages())
         .merge(guarded)
         .layer(middleware::from_fn(error::security_headers))
         .with_state(state)

@@ -9,7 +9,8 @@ use serde_json::Value;
 pub struct Layout {
     /// The CSRF token htmx sends as `X-CSRF-Token` and forms carry as `_csrf`.
     pub csrf: String,
-    /// The nav entry to mark current: `overview`, `jobs`, `chats`, `workers`, or empty.
+    /// The nav entry to mark current: `overview`, `jobs`, `chats`, `workflows`,
+    /// `workers`, or empty.
     pub section: &'static str,
     pub signed_in: bool,
 }

@@ -74,7 +74,7 @@ pub fn cacheable(s: &Step) -> Option<Value> {
 }
 
 /// A step session id that every activation derives alike (so a re-enqueue is idempotent).
-fn derived_id(run_id: Uuid, key: &str) -> Uuid {
+pub(super) fn derived_id(run_id: Uuid, key: &str) -> Uuid {
     use sha2::{Digest, Sha256};
     let h = Sha256::digest(format!("{run_id}:{key}").as_bytes());
     let mut b = [0u8; 16];

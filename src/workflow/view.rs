@@ -96,3 +96,8 @@ pub async fn run(
         run,
     }))
 }
+
+/// The session an agent step's turn runs in; it exists once the step's job has started.
+pub fn step_session(run_id: Uuid, key: &str) -> Uuid {
+    steps::derived_id(run_id, key)
+}
