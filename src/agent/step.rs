@@ -69,18 +69,8 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
             .map(|n| (n as usize).saturating_add(1)),
     };
     let end = turn::run_loop(&deps, &ctx, &scope).await?;
-    let messages = store::messages(&deps.pool, end.session_id)
-        .await
-        .map_err(db)?;
-    let text = messages
-        .iter()
-        .rev()
-        .find(|m| m.turn_id == ctx.id && m.role == "assistant" && m.status == "complete")
-        .and_then(|m| m.content["text"].as_str())
-        .unwrap_or("")
-        .to_owned();
     Ok(json!({
-        "output": text, "usage": end.usage, "cost_usd": end.cost, "model": end.model,
+        "output": end.answer, "usage": end.usage, "cost_usd": end.cost, "model": end.model,
         "budget_exhausted": end.budget_exhausted, "session_id": end.session_id,
     }))
 }

@@ -126,6 +126,8 @@ pub struct LoopEnd {
     pub model: String,
     pub rounds: usize,
     pub budget_exhausted: bool,
+    /// The text of the last complete reply (the answer, or what there was when it stopped).
+    pub answer: String,
 }
 
 /// The turn loop shared by chat turns and subagents: context, model call, tools, until the model
@@ -218,6 +220,7 @@ pub(super) async fn run_loop(
     let mut total = Usage::default();
     let mut rounds = 0usize;
     let mut budget_exhausted = false;
+    let mut answer = String::new();
     let (mut summary, mut upto) = (session.summary.clone(), session.summary_upto);
     let (first_turn, files) = {
         let all = store::messages(&deps.pool, session_id).await.map_err(db)?;
@@ -281,7 +284,9 @@ pub(super) async fn run_loop(
             .find(|m| m.turn_id == ctx.id && m.role == "assistant" && m.status == "complete")
             && history::tool_calls(&last.content).is_empty()
         {
-            break; // The reply was already complete when the previous attempt died.
+            // The reply was already complete when the previous attempt died.
+            answer = last.content["text"].as_str().unwrap_or("").to_owned();
+            break;
         }
         let offer_tools = done_rounds + 1 < scope.max_rounds.unwrap_or(deps.max_rounds);
         let req = ChatRequest {
@@ -295,6 +300,7 @@ pub(super) async fn run_loop(
             max_tokens: None,
         };
         let completion = step(deps, ctx, &model, &req, session_id, done_rounds).await?;
+        answer.clone_from(&completion.text);
         total.add(&completion.usage);
         rounds += 1;
         if completion.tool_calls.is_empty() || !offer_tools {
@@ -324,6 +330,7 @@ pub(super) async fn run_loop(
         model: model.name.clone(),
         rounds,
         budget_exhausted,
+        answer,
     })
 }
 

@@ -34,16 +34,7 @@ async fn run(deps: Arc<AgentDeps>, ctx: JobContext) -> Result<Value, JobError> {
         max_rounds: None,
     };
     let end = turn::run_loop(&deps, &ctx, &scope).await?;
-    let messages = crate::agent::store::messages(&deps.pool, end.session_id)
-        .await
-        .map_err(db)?;
-    let text = messages
-        .iter()
-        .rev()
-        .find(|m| m.turn_id == ctx.id && m.role == "assistant" && m.status == "complete")
-        .and_then(|m| m.content["text"].as_str())
-        .unwrap_or("")
-        .to_owned();
+    let text = end.answer.clone();
     let (status, output) = if end.budget_exhausted {
         let spent = end.usage.input_tokens + end.usage.output_tokens;
         (
