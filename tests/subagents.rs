@@ -184,8 +184,9 @@ async fn depth_and_per_turn_limits_are_tool_errors_the_model_reads() {
     fake.route(
         "LIMITS",
         [
+            // The deep one first, alone: spawns in one round race for the last place.
+            calls(vec![spawn_call("s1", "SUB-DEEP1 go", "SUB-DEEP1 go")]),
             calls(vec![
-                spawn_call("s1", "SUB-DEEP1 go", "SUB-DEEP1 go"),
                 spawn_call("s2", "SUB-X two", "SUB-X two"),
                 spawn_call("s3", "SUB-Y three", "SUB-Y three"),
             ]),
