@@ -120,3 +120,105 @@ async fn bursts_of_emitted_events_all_arrive_in_order_before_the_final_state() {
     assert_eq!(last_seq, rows.len() as i64);
     assert_eq!(progress["pct"], json!(100.0));
 }
+
+/// Eight jobs stream deltas every 2 ms for 600 ms. Each job is written at most once per 40 ms
+/// window (so its deltas coalesce into few rows, every one of them kept in order), and the
+/// writes are spread over the window's phases: no single statement carries every running job.
+#[tokio::test]
+async fn streaming_jobs_are_written_once_a_window_each_in_statements_spread_over_its_phases() {
+    const JOBS: usize = 8;
+    const DELTAS: usize = 300;
+    let e = env().await;
+    let registry = Registry::new().register("streamer", |ctx: JobContext| async move {
+        for i in 0..DELTAS {
+            ctx.emit_delta("delta", json!({ "text": format!("{i},") }));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok::<_, JobError>(Value::Null)
+    });
+    let mut ids = Vec::new();
+    {
+        let mut conn = e.svc.pool.acquire().await.expect("conn");
+        for _ in 0..JOBS {
+            let job = enqueue(&mut conn, e.project, &NewJob::new("streamer", json!({})))
+                .await
+                .expect("enqueue");
+            ids.push(job.job().id);
+        }
+    }
+    let w = e.worker(registry, fast_worker()).await;
+    let done = eventually(Duration::from_secs(20), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE id = ANY($1) AND state = 'succeeded'",
+        )
+        .bind(&ids)
+        .fetch_one(&e.svc.pool)
+        .await
+        .expect("states");
+        (n == JOBS as i64).then_some(())
+    })
+    .await;
+    w.shutdown(Duration::from_secs(1)).await;
+    assert!(done.is_some(), "the streaming jobs did not all succeed");
+
+    // Rows of one statement share its transaction id (xmin).
+    let rows: Vec<(uuid::Uuid, String, String, f64)> = sqlx::query_as(
+        "SELECT e.job_id, e.xmin::text, e.data->>'text',
+                (extract(epoch FROM j.finished_at - j.started_at) * 1000)::float8
+         FROM job_events e JOIN jobs j ON j.id = e.job_id
+         WHERE e.job_id = ANY($1) AND e.kind = 'delta' ORDER BY e.job_id, e.seq",
+    )
+    .bind(&ids)
+    .fetch_all(&e.svc.pool)
+    .await
+    .expect("deltas");
+    let expected: String = (0..DELTAS).map(|i| format!("{i},")).collect();
+    let mut per_job_rows = Vec::new();
+    for id in &ids {
+        let mine: Vec<&(uuid::Uuid, String, String, f64)> =
+            rows.iter().filter(|r| r.0 == *id).collect();
+        let text: String = mine.iter().map(|r| r.2.as_str()).collect();
+        assert_eq!(text, expected, "job {id}: every delta, in order");
+        let ran_ms = mine.first().map_or(0.0, |r| r.3);
+        // One write per started window, plus the first events' early write and the final flush.
+        let allowed = (ran_ms / 40.0).ceil() as usize + 2;
+        assert!(
+            mine.len() <= allowed,
+            "job {id}: {} delta rows in {ran_ms:.0} ms; at most {allowed} expected",
+            mine.len()
+        );
+        assert!(
+            mine.len() >= 3,
+            "job {id}: deltas must not all wait for the end"
+        );
+        per_job_rows.push(mine.len());
+    }
+    let mut jobs_per_txn: std::collections::HashMap<&str, std::collections::HashSet<uuid::Uuid>> =
+        std::collections::HashMap::new();
+    for r in &rows {
+        jobs_per_txn.entry(r.1.as_str()).or_default().insert(r.0);
+    }
+    // Mid-stream: without each job's first row (written at once) and last (its closing flush).
+    let mut mid: std::collections::HashMap<&str, std::collections::HashSet<uuid::Uuid>> =
+        std::collections::HashMap::new();
+    for id in &ids {
+        let mine: Vec<&(uuid::Uuid, String, String, f64)> =
+            rows.iter().filter(|r| r.0 == *id).collect();
+        for r in mine.iter().skip(1).take(mine.len().saturating_sub(2)) {
+            mid.entry(r.1.as_str()).or_default().insert(r.0);
+        }
+    }
+    let widest = mid.values().map(|s| s.len()).max().unwrap_or(0);
+    let busiest = per_job_rows.iter().copied().max().unwrap_or(0);
+    // A single window for every job would write all eight in each statement, about as many
+    // statements as one job has rows. Spread over phases there are several times as many.
+    assert!(
+        jobs_per_txn.len() >= 2 * busiest,
+        "{} statements for {busiest} rows of the busiest job: writes are not spread over phases",
+        jobs_per_txn.len()
+    );
+    assert!(
+        widest < JOBS,
+        "one statement carried all {JOBS} jobs' deltas mid-stream"
+    );
+}

@@ -33,6 +33,12 @@ pub async fn analyze(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::query("ANALYZE").execute(pool).await.map(|_| ())
 }
 
+/// A small pool on the same database as `pool`, connected on first use, for one hot path that
+/// must not queue behind the main pool's other work.
+pub fn side_pool(pool: &PgPool, max_connections: u32) -> PgPool {
+    side_pool_with(max_connections, pool.connect_options().as_ref().clone())
+}
+
 /// A small pool on the same database for the claim statement alone, with
 /// `synchronous_commit = off`: a claim's commit does not wait for the WAL flush. Losing a claim
 /// in a server crash is harmless (the job is simply `queued` again), and a job's durable
@@ -45,6 +51,10 @@ pub fn claim_pool(pool: &PgPool, max_connections: u32) -> PgPool {
         .as_ref()
         .clone()
         .options([("synchronous_commit", "off")]);
+    side_pool_with(max_connections, options)
+}
+
+fn side_pool_with(max_connections: u32, options: PgConnectOptions) -> PgPool {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))

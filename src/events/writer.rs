@@ -1,7 +1,10 @@
 //! The coalescing writer behind handlers' `progress` and `emit`. One writer per process gathers
-//! the events of every running job and writes them together, once per 40 ms window, in one statement
-//! fenced per job by its lease: at most one write per job per window, and one statement per window
-//! however many jobs run. A job's final flush happens before its state changes.
+//! the events of every running job and writes them in batched statements, each job's part fenced
+//! by its lease. Every job is written at most once per 40 ms window, in its own phase of it: the
+//! running jobs are spread over four phases, so each statement carries a quarter of them and their
+//! readers are served a quarter-window apart rather than all in one burst. A job's first events
+//! and a closing job's last ones go out at the next phase, whichever it is (the last before the
+//! job's state changes).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,8 +22,10 @@ use super::log::{Appended, JobBatch, NewEvent, StreamEvent, append_batch};
 use super::pump::Pump;
 use crate::store::Blobs;
 
-/// How long events gather before a write.
+/// How long a job's events gather before a write: each job is written at most once a window.
 pub const COALESCE: Duration = Duration::from_millis(40);
+/// How many phases the window is cut into; a job's phase comes from its id.
+const PHASES: u32 = 4;
 
 /// The process's event writer. Cheap to clone.
 #[derive(Clone)]
@@ -36,9 +41,8 @@ struct Inner {
     /// Where event payloads over the offload limit go, before the write that refers to them.
     blobs: Option<Blobs>,
     jobs: Mutex<HashMap<Uuid, Pending>>,
-    /// Something is buffered (or a close wants a flush now).
+    /// Something is buffered, or a closer waits.
     wake: Notify,
-    urgent: Notify,
     stop: CancellationToken,
 }
 
@@ -51,6 +55,8 @@ struct Pending {
     fenced_out: CancellationToken,
     /// Closers waiting for their final flush: told whether the lease was still theirs.
     closers: Vec<oneshot::Sender<bool>>,
+    /// Whether a flush has taken this job's events before; until then they go at the next tick.
+    written: bool,
 }
 
 /// Where one running job's events go.
@@ -66,8 +72,9 @@ pub struct EventSink {
 }
 
 impl EventWriter {
-    /// Starts the writer's flush loop on `pool`; `local` is the pump of this process's hub, and
-    /// `blobs` takes payloads over its offload limit.
+    /// Starts the writer's flush loop on `pool` (best a connection of its own, so its writes never
+    /// queue behind handlers' queries); `local` is the pump of this process's hub, and `blobs`
+    /// takes payloads over its offload limit.
     pub fn start(pool: PgPool, local: Option<Pump>, blobs: Option<Blobs>) -> Self {
         let inner = Arc::new(Inner {
             pool,
@@ -75,7 +82,6 @@ impl EventWriter {
             blobs,
             jobs: Mutex::new(HashMap::new()),
             wake: Notify::new(),
-            urgent: Notify::new(),
             stop: CancellationToken::new(),
         });
         tokio::spawn(flush_loop(Arc::clone(&inner)));
@@ -107,7 +113,7 @@ impl EventWriter {
 }
 
 impl EventSink {
-    /// Queues an event; it is written within about 40 ms.
+    /// Queues an event; it is written within one window (40 ms) and the write's duration.
     pub fn emit(&self, kind: &str, data: Value) {
         self.push(kind, data, None, false);
     }
@@ -162,6 +168,7 @@ impl EventSink {
             progress: None,
             fenced_out: self.fenced_out.clone(),
             closers: Vec::new(),
+            written: false,
         }
     }
 
@@ -181,7 +188,6 @@ impl EventSink {
             Err(_) => return false,
         }
         self.inner.wake.notify_one();
-        self.inner.urgent.notify_one();
         rx.await.unwrap_or(false)
     }
 }
@@ -229,31 +235,58 @@ fn mergeable(a: &Value, b: &Value) -> bool {
 }
 
 async fn flush_loop(inner: Arc<Inner>) {
-    let mut last_start = tokio::time::Instant::now() - COALESCE;
+    let tick = COALESCE / PHASES;
+    let mut phase = 0;
+    let mut next = tokio::time::Instant::now();
     loop {
+        if !inner.has_work() {
+            tokio::select! {
+                _ = inner.stop.cancelled() => return,
+                _ = inner.wake.notified() => {}
+            }
+        }
         tokio::select! {
             _ = inner.stop.cancelled() => return,
-            _ = inner.wake.notified() => {}
+            _ = tokio::time::sleep_until(next) => {}
         }
-        // Windows run start to start: a slow write shortens the next wait instead of adding to it,
-        // and a closing job's flush does not wait at all.
-        tokio::select! {
-            _ = tokio::time::sleep_until(last_start + COALESCE) => {}
-            _ = inner.urgent.notified() => {}
-        }
-        last_start = tokio::time::Instant::now();
-        flush(&inner).await;
+        flush(&inner, phase).await;
+        phase = (phase + 1) % PHASES;
+        // Ticks run start to start: a slow write shortens the next wait instead of adding to it.
+        next = (next + tick).max(tokio::time::Instant::now());
     }
 }
 
-/// Writes every job's buffered events in one statement, retrying database errors; the buffers
-/// are taken only once written, so nothing is lost on a failed attempt.
-async fn flush(inner: &Inner) {
+/// The phase of the window in which a job's events are written.
+fn phase_of(job_id: Uuid) -> u32 {
+    // The low bits of a UUIDv7 are random, so running jobs spread evenly over the phases.
+    (job_id.as_u128() % u128::from(PHASES)) as u32
+}
+
+impl Inner {
+    /// Whether any job has events buffered or a closer waiting.
+    fn has_work(&self) -> bool {
+        self.jobs
+            .lock()
+            .map(|jobs| {
+                jobs.values()
+                    .any(|p| !p.events.is_empty() || !p.closers.is_empty())
+            })
+            .unwrap_or(false)
+    }
+}
+
+/// Writes, in one statement, the buffered events of the jobs in `phase` and of every closing job,
+/// retrying database errors; the buffers are taken only once written, so nothing is lost on a
+/// failed attempt.
+async fn flush(inner: &Inner, phase: u32) {
     let taken: Vec<(Uuid, Pending)> = match inner.jobs.lock() {
         Ok(mut jobs) => {
             let ids: Vec<Uuid> = jobs
                 .iter()
-                .filter(|(_, p)| !p.events.is_empty() || !p.closers.is_empty())
+                .filter(|(id, p)| {
+                    let due = !p.written || phase_of(**id) == phase;
+                    !p.closers.is_empty() || (!p.events.is_empty() && due)
+                })
                 .map(|(id, _)| *id)
                 .collect();
             ids.into_iter()
@@ -267,7 +300,9 @@ async fn flush(inner: &Inner) {
                         progress: p.progress.take(),
                         fenced_out: p.fenced_out.clone(),
                         closers: std::mem::take(&mut p.closers),
+                        written: true,
                     };
+                    p.written = true;
                     if closing {
                         jobs.remove(&id);
                     }
