@@ -84,11 +84,16 @@ pub async fn append_batch(pool: &PgPool, batch: &[JobBatch]) -> Result<Vec<Appen
             RETURNING j.id, j.last_seq, i.n, j.stream_id
         ), per_stream AS (
             SELECT stream_id, sum(n) AS n FROM bump WHERE stream_id IS NOT NULL GROUP BY stream_id
+        ), locked AS (
+            -- Every writer of several streams locks their rows in id order (the queue's state
+            -- events too), so two of them cannot deadlock on a pair of streams.
+            SELECT s.id FROM event_streams s WHERE s.id IN (SELECT stream_id FROM per_stream)
+            ORDER BY s.id FOR UPDATE
         ), streams AS (
             -- One grouped bump per stream instead of a trigger call per row; the row lock keeps
             -- stream order equal to commit order.
             UPDATE event_streams s SET last_seq = s.last_seq + p.n
-            FROM per_stream p WHERE s.id = p.stream_id
+            FROM per_stream p JOIN locked l ON l.id = p.stream_id WHERE s.id = p.stream_id
             RETURNING s.id, s.last_seq, s.last_seq - p.n AS base
         ), bases AS (
             -- One lookup map rather than a join: the planner cannot know how many rows the CTEs

@@ -83,6 +83,8 @@ pub async fn claim(
                    jsonb_build_object('state', 'running', 'attempt', attempt, 'worker_id', $4::text),
                    stream_id
             FROM claimed
+            -- Stream rows are locked in id order by every writer of several streams.
+            ORDER BY stream_id
         )
         SELECT id AS "id!", project_id AS "project_id!", kind AS "kind!", args AS "args!",
                attempt AS "attempt!", max_attempts AS "max_attempts!", timeout_s,
@@ -241,6 +243,7 @@ pub async fn finish(pool: &PgPool, batch: &[Finish]) -> Result<Vec<Uuid>, sqlx::
                 'reason', CASE WHEN refund > 0 THEN 'released by worker shutdown' END)),
                 stream_id
             FROM done
+            ORDER BY stream_id
         ), keys AS (
             UPDATE job_keys k SET holder = NULL FROM done d
             WHERE d.concurrency_key IS NOT NULL

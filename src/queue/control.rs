@@ -122,6 +122,7 @@ pub async fn cancel(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<Cancell
             SELECT id, last_seq, 'state', '{"state":"cancelled"}'::jsonb, stream_id FROM ended
             UNION ALL
             SELECT id, last_seq, 'cancel_requested', '{}'::jsonb, stream_id FROM asked
+            ORDER BY 5, 1, 2
         ), keys AS (
             UPDATE job_keys k SET holder = NULL FROM ended e
             WHERE e.concurrency_key IS NOT NULL
@@ -168,6 +169,7 @@ pub async fn retry(pool: &PgPool, project_id: Uuid, id: Uuid) -> Result<(), Queu
             SELECT id, last_seq, 'state', '{"state":"queued","reason":"retry requested"}'::jsonb,
                    stream_id
             FROM requeued
+            ORDER BY stream_id
         )
         SELECT t.state AS "state!: JobState",
                (SELECT count(*) FROM requeued r, LATERAL (SELECT pg_notify('spool_jobs', r.queue),

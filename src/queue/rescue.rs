@@ -52,6 +52,7 @@ pub async fn rescue_expired(
                 'state', state, 'attempt', attempt, 'error', error, 'reason', 'lease expired',
                 'run_at', CASE WHEN state = 'queued' THEN run_at END)), stream_id
             FROM done
+            ORDER BY stream_id
         ), keys AS (
             UPDATE job_keys k SET holder = NULL FROM done d
             WHERE d.concurrency_key IS NOT NULL

@@ -197,6 +197,9 @@ pub async fn children_finished(
             SELECT id, last_seq, 'state',
                    '{"state":"queued","reason":"the children it waited for finished"}'::jsonb, stream_id
             FROM upd WHERE woke
+            -- Stream rows are locked in id order by every writer of several streams; within a
+            -- job, in seq order.
+            ORDER BY 5, 1, 2
         )
         SELECT count(*) FILTER (WHERE u.woke) AS "woke!" FROM upd u,
             LATERAL (SELECT pg_notify('spool_events', u.id::text),
@@ -228,6 +231,7 @@ pub async fn resume_expired(pool: &PgPool, limit: i64) -> Result<u64, sqlx::Erro
             INSERT INTO job_events (job_id, seq, kind, data, stream_id)
             SELECT id, last_seq, 'state', '{"state":"queued","reason":"wait ran out"}'::jsonb, stream_id
             FROM upd
+            ORDER BY stream_id
         )
         SELECT count(*) AS "n!" FROM upd,
             LATERAL (SELECT pg_notify('spool_jobs', upd.queue), pg_notify('spool_events', upd.id::text)) n
