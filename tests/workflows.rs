@@ -4,10 +4,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::chat::agent_env;
+use common::eventually;
 use common::fake_llm::{FakeLlm, Reply};
-use common::workflows::{calls_with, finished, max_open_steps, slow, start, step_jobs, upload};
-use common::{eventually, fast_worker};
+use common::workflows::{
+    calls_with, finished, max_open_steps, running, slow, start, step_jobs, upload,
+};
 use serde_json::json;
 
 const FANOUT: &str = r#"
@@ -31,9 +32,7 @@ async fn sequential_then_parallel_runs_at_most_three_steps_at_once() {
     for i in 1..=4 {
         fake.route(&format!("PAR-{i}"), [slow(&format!("p{i}"), 400)]);
     }
-    let e = agent_env(&fake).await;
-    let s = e.serve(e.registry()).await;
-    let _w = e.worker(e.registry(), fast_worker()).await;
+    let (e, s, _w) = running(&fake).await;
     upload(&s, "fanout", FANOUT).await;
     let id = start(&s, "fanout", json!({ "args": { "topic": "x" } })).await;
     let run = finished(&s, id, 60).await;
@@ -62,9 +61,7 @@ export default async function (args) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reruns_reuse_steps_and_a_changed_argument_reruns_only_its_steps() {
     let fake = FakeLlm::start().await;
-    let e = agent_env(&fake).await;
-    let s = e.serve(e.registry()).await;
-    let _w = e.worker(e.registry(), fast_worker()).await;
+    let (_e, s, _w) = running(&fake).await;
     upload(&s, "two", TWO_ARGS).await;
     let first = start(&s, "two", json!({ "args": { "x": 1, "y": 1 } })).await;
     let run = finished(&s, first, 60).await;
@@ -96,9 +93,7 @@ async fn reruns_reuse_steps_and_a_changed_argument_reruns_only_its_steps() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn going_over_the_budget_fails_the_run() {
     let fake = FakeLlm::start().await;
-    let e = agent_env(&fake).await;
-    let s = e.serve(e.registry()).await;
-    let _w = e.worker(e.registry(), fast_worker()).await;
+    let (_e, s, _w) = running(&fake).await;
     upload(
         &s,
         "spender",
@@ -120,9 +115,7 @@ export default async function () {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_that_reaches_another_step_is_non_deterministic() {
     let fake = FakeLlm::start().await;
-    let e = agent_env(&fake).await;
-    let s = e.serve(e.registry()).await;
-    let _w = e.worker(e.registry(), fast_worker()).await;
+    let (_e, s, _w) = running(&fake).await;
     upload(
         &s,
         "clock",
@@ -149,9 +142,7 @@ async fn cancelling_mid_parallel_stops_the_steps() {
     for i in 1..=3 {
         fake.route(&format!("LONG-{i}"), [slow("late", 20_000)]);
     }
-    let e = agent_env(&fake).await;
-    let s = e.serve(e.registry()).await;
-    let _w = e.worker(e.registry(), fast_worker()).await;
+    let (e, s, _w) = running(&fake).await;
     upload(
         &s,
         "long",
@@ -193,9 +184,7 @@ async fn sleep_pipeline_schema_and_one_level_of_nesting() {
     let fake = FakeLlm::start().await;
     fake.route("TYPED", [Reply::text("```json\n{\"n\": 3}\n```")]);
     fake.route("BADJSON", [Reply::text("not json")]);
-    let e = agent_env(&fake).await;
-    let s = e.serve(e.registry()).await;
-    let _w = e.worker(e.registry(), fast_worker()).await;
+    let (_e, s, _w) = running(&fake).await;
     upload(
         &s,
         "child",

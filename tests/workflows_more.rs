@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::chat::{agent_env, worker_process};
 use common::fake_llm::{FakeLlm, Reply};
-use common::workflows::{calls_with, finished, slow, start, upload};
+use common::workflows::{calls_with, finished, running, slow, start, upload};
 use common::{eventually, fast_worker, temp_dir};
 use serde_json::{Value, json};
 
@@ -181,9 +181,7 @@ export default async function () {
 async fn the_three_built_ins_run_end_to_end() {
     let fake = FakeLlm::start().await;
     fake.route("Research scope", [Reply::text("first\nsecond\nthird")]);
-    let e = agent_env(&fake).await;
-    let s = e.serve(e.registry()).await;
-    let _w = e.worker(e.registry(), fast_worker()).await;
+    let (_e, s, _w) = running(&fake).await;
     let research = start(
         &s,
         "deep-research",

@@ -7,40 +7,32 @@ use std::time::Instant;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde_json::json;
-use uuid::Uuid;
 
-use super::subagents::tools::{self as sub_tools, Called, Caller};
-use super::turn::{AgentDeps, db, lost};
+use super::subagents::tools::{self as sub_tools, Asked, Called, Caller};
+use super::turn::{db, lost};
 use super::{spans, store};
 use crate::llm::ToolCall;
 use crate::queue::Wait;
 use crate::tools::{self, ToolContext};
-use crate::worker::{JobContext, JobError};
+use crate::worker::JobError;
 
 /// Where the calls run: the workspace tools' context, and who asks for subagent tools.
 pub struct Round<'a> {
-    pub deps: &'a AgentDeps,
-    pub ctx: &'a JobContext,
-    pub session_id: Uuid,
-    pub root_session_id: Uuid,
-    pub model: &'a str,
-    pub workspace: Option<&'a str>,
-    pub depth: i32,
-    pub grantable: &'a [String],
+    pub caller: Caller<'a>,
     pub tool_ctx: &'a ToolContext,
 }
 
 /// Runs `calls` concurrently. `may_wait` is false when they are the calls a resumed turn runs
 /// again after its wait: they answer with what there is instead of waiting twice.
 pub async fn run(r: &Round<'_>, calls: &[ToolCall], may_wait: bool) -> Result<(), JobError> {
-    let fence = r.ctx.fence();
+    let fence = r.caller.ctx.fence();
     let mut running: FuturesUnordered<_> = calls
         .iter()
         .map(|call| async move {
             let span = spans::tool_start(
-                r.deps,
-                r.ctx,
-                r.session_id,
+                r.caller.deps,
+                r.caller.ctx,
+                r.caller.session_id,
                 &call.id,
                 &call.name,
                 &call.arguments,
@@ -48,19 +40,11 @@ pub async fn run(r: &Round<'_>, calls: &[ToolCall], may_wait: bool) -> Result<()
             .await?;
             let started = Instant::now();
             let out = if sub_tools::NAMES.contains(&call.name.as_str()) {
-                let caller = Caller {
-                    deps: r.deps,
-                    ctx: r.ctx,
-                    session_id: r.session_id,
-                    root_session_id: r.root_session_id,
-                    model: r.model,
-                    workspace: r.workspace,
-                    depth: r.depth,
-                    grantable: r.grantable,
+                let asked = Asked {
                     may_wait,
                     span_id: &span.span_id,
                 };
-                match sub_tools::run(&caller, call).await.map_err(db)? {
+                match sub_tools::run(&r.caller, &asked, call).await.map_err(db)? {
                     Called::Done(out) => out,
                     Called::Wait(w) => {
                         // The span stays open across the wait only in spirit: it ends here and
@@ -85,8 +69,8 @@ pub async fn run(r: &Round<'_>, calls: &[ToolCall], may_wait: bool) -> Result<()
             });
             // A large output is written as a blob before the row and the event that refer to it;
             // both carry the same small reference.
-            let content = r.deps.blobs.offload_or_keep(&r.deps.pool, r.ctx.project_id, r.ctx.id, content).await;
-            let stored = store::insert_tool_result(&r.deps.pool, fence, r.session_id, &call.id, &content).await;
+            let content = r.caller.deps.blobs.offload_or_keep(&r.caller.deps.pool, r.caller.ctx.project_id, r.caller.ctx.id, content).await;
+            let stored = store::insert_tool_result(&r.caller.deps.pool, fence, r.caller.session_id, &call.id, &content).await;
             Ok(Ok((content, stored)))
         })
         .collect();
@@ -97,17 +81,17 @@ pub async fn run(r: &Round<'_>, calls: &[ToolCall], may_wait: bool) -> Result<()
                 if !stored.map_err(db)? {
                     return Err(lost());
                 }
-                r.ctx.emit("tool_result", content);
+                r.caller.ctx.emit("tool_result", content);
             }
             Err(w) => waits.push(w),
         }
     }
-    if r.ctx.is_cancelled() {
+    if r.caller.ctx.is_cancelled() {
         return Err(JobError::Cancelled);
     }
     match merge(waits) {
         Some(w) => {
-            r.ctx.emit(
+            r.caller.ctx.emit(
                 "waiting",
                 json!({ "subagents": w.children, "mode": if w.any { "any" } else { "all" }, "until": w.until }),
             );

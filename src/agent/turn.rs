@@ -16,6 +16,7 @@ use super::sessions::TURN_KIND;
 use super::spans;
 use super::store;
 use super::subagents;
+use super::subagents::tools::Caller;
 use super::tool_calls::{self, Round};
 use super::{attachments, history, title};
 use crate::llm::config::{ModelConfig, Models};
@@ -207,14 +208,16 @@ pub(super) async fn run_loop(
         }
     }
     let round = Round {
-        deps,
-        ctx,
-        session_id,
-        root_session_id,
-        model: &model.name,
-        workspace: session.workspace.as_deref(),
-        depth: scope.depth,
-        grantable: &grantable,
+        caller: Caller {
+            deps,
+            ctx,
+            session_id,
+            root_session_id,
+            model: &model.name,
+            workspace: session.workspace.as_deref(),
+            depth: scope.depth,
+            grantable: &grantable,
+        },
         tool_ctx: &tool_ctx,
     };
     let mut total = Usage::default();

@@ -5,8 +5,19 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use spool::worker::RuntimeHandle;
+
+use super::chat::agent_env;
 use super::fake_llm::{Chunk, FakeLlm, Reply};
-use super::{Env, Server, eventually};
+use super::{Env, Server, eventually, fast_worker};
+
+/// An agent environment on `fake` with its API server and a fast worker (keep the handle alive).
+pub async fn running(fake: &FakeLlm) -> (Env, Server, RuntimeHandle) {
+    let e = agent_env(fake).await;
+    let s = e.serve(e.registry()).await;
+    let w = e.worker(e.registry(), fast_worker()).await;
+    (e, s, w)
+}
 
 /// Uploads `source` as workflow `name`; panics unless it is accepted.
 pub async fn upload(s: &Server, name: &str, source: &str) {

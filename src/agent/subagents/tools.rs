@@ -41,9 +41,13 @@ pub struct Caller<'a> {
     pub depth: i32,
     /// Tools a subagent may be given (the caller's own, workspace ones).
     pub grantable: &'a [String],
+}
+
+/// What one call adds to its caller.
+pub struct Asked<'a> {
     /// False when this call already waited once (the turn resumed from that wait).
     pub may_wait: bool,
-    /// The span of this tool call: the subagent's job hangs under it in the trace.
+    /// The call's `execute_tool` span: a spawned subagent's job span hangs under it.
     pub span_id: &'a str,
 }
 
@@ -97,11 +101,15 @@ pub fn specs(depth: i32, limits: &Limits) -> Vec<ToolSpec> {
 
 /// Runs one subagent tool call. Never fails the turn: problems are tool errors for the model,
 /// except a database error, which the caller retries as a whole attempt.
-pub async fn run(c: &Caller<'_>, call: &ToolCall) -> Result<Called, sqlx::Error> {
+pub async fn run(
+    c: &Caller<'_>,
+    asked: &Asked<'_>,
+    call: &ToolCall,
+) -> Result<Called, sqlx::Error> {
     let args: Value = serde_json::from_str(&call.arguments).unwrap_or(Value::Null);
     let out = match call.name.as_str() {
         "spawn_subagent" => match serde_json::from_value::<Spawn>(args) {
-            Ok(a) => spawn(c, &call.id, a).await?,
+            Ok(a) => spawn(c, asked.span_id, &call.id, a).await?,
             Err(e) => ToolOutput::error(format!("invalid arguments: {e}")),
         },
         "subagent_status" | "subagent_result" | "cancel_subagent" => {
@@ -123,7 +131,7 @@ pub async fn run(c: &Caller<'_>, call: &ToolCall) -> Result<Called, sqlx::Error>
                 "cancel_subagent" => cancel(c, &sub).await?,
                 _ => {
                     let wait_s = args["wait_s"].as_u64().unwrap_or(0);
-                    return collect(c, vec![sub], false, wait_s).await;
+                    return collect(c, asked.may_wait, vec![sub], false, wait_s).await;
                 }
             }
         }
@@ -152,7 +160,7 @@ pub async fn run(c: &Caller<'_>, call: &ToolCall) -> Result<Called, sqlx::Error>
             }
             let any = args["mode"].as_str() == Some("any");
             let wait_s = args["wait_s"].as_u64().unwrap_or(0);
-            return collect(c, subs, any, wait_s).await;
+            return collect(c, asked.may_wait, subs, any, wait_s).await;
         }
         other => ToolOutput::error(format!("unknown tool `{other}`")),
     };
@@ -169,7 +177,12 @@ struct Spawn {
     budget_tokens: Option<i64>,
 }
 
-async fn spawn(c: &Caller<'_>, call_id: &str, a: Spawn) -> Result<ToolOutput, sqlx::Error> {
+async fn spawn(
+    c: &Caller<'_>,
+    span_id: &str,
+    call_id: &str,
+    a: Spawn,
+) -> Result<ToolOutput, sqlx::Error> {
     let limits = &c.deps.subagent_limits;
     let depth = c.depth + 1;
     if depth > limits.max_depth {
@@ -222,7 +235,7 @@ async fn spawn(c: &Caller<'_>, call_id: &str, a: Spawn) -> Result<ToolOutput, sq
     // A turn retried after a crash runs this call again: the key makes it find the same child.
     job.idempotency_key = Some(format!("spawn:{}:{call_id}", c.ctx.id));
     job.trace_id = Some(c.ctx.trace_id.clone());
-    job.parent_span_id = Some(c.span_id.to_owned());
+    job.parent_span_id = Some(span_id.to_owned());
     job.max_attempts = Some(3);
     let child = match enqueue(&mut tx, c.ctx.project_id, &job).await {
         Ok(Enqueued::Created(j)) => j,
@@ -296,13 +309,14 @@ async fn cancel(c: &Caller<'_>, s: &Subagent) -> Result<ToolOutput, sqlx::Error>
 /// turn to wait for the unfinished ones.
 async fn collect(
     c: &Caller<'_>,
+    may_wait: bool,
     subs: Vec<Subagent>,
     any: bool,
     wait_s: u64,
 ) -> Result<Called, sqlx::Error> {
     let done = subs.iter().filter(|s| s.finished()).count();
     let holds = if any { done > 0 } else { done == subs.len() };
-    if !holds && wait_s > 0 && c.may_wait {
+    if !holds && wait_s > 0 && may_wait {
         let wait_s = wait_s.min(c.deps.subagent_limits.max_wait_s);
         return Ok(Called::Wait(Wait {
             children: subs
