@@ -2,12 +2,14 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{env, eventually, fast_worker};
 use serde_json::{Value, json};
 use spool::queue::{NewJob, enqueue};
 use spool::worker::{JobContext, JobError, Registry};
+use tokio::sync::Notify;
 
 #[tokio::test]
 async fn a_timeout_stops_the_handler_and_counts_as_a_failed_attempt() {
@@ -220,5 +222,119 @@ async fn streaming_jobs_are_written_once_a_window_each_in_statements_spread_over
     assert!(
         widest < JOBS,
         "one statement carried all {JOBS} jobs' deltas mid-stream"
+    );
+}
+
+/// One job's write stuck behind a row lock (a busy or locked database) holds back no other job:
+/// another job streams all its deltas meanwhile, and the stuck job's events, held back with
+/// it, follow in order once the lock is gone.
+#[tokio::test]
+async fn a_stuck_event_write_holds_back_no_other_job() {
+    let e = env().await;
+    let (go_a1, go_a2) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let (a1, a2) = (Arc::clone(&go_a1), Arc::clone(&go_a2));
+    let registry = Registry::new()
+        .register("held", move |ctx: JobContext| {
+            let (a1, a2) = (Arc::clone(&a1), Arc::clone(&a2));
+            async move {
+                a1.notified().await;
+                ctx.emit_delta("delta", json!({ "text": "a1," }));
+                a2.notified().await;
+                ctx.emit_delta("delta", json!({ "text": "a2," }));
+                Ok::<_, JobError>(Value::Null)
+            }
+        })
+        .register("free", |ctx: JobContext| async move {
+            for i in 0..20 {
+                ctx.emit_delta("delta", json!({ "text": format!("b{i},") }));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok::<_, JobError>(Value::Null)
+        });
+    let held = {
+        let mut conn = e.svc.pool.acquire().await.expect("conn");
+        enqueue(&mut conn, e.project, &NewJob::new("held", json!({})))
+            .await
+            .expect("enqueue")
+            .job()
+            .id
+    };
+    let w = e.worker(registry, fast_worker()).await;
+    let running = eventually(Duration::from_secs(10), || async {
+        let state: String = sqlx::query_scalar("SELECT state::text FROM jobs WHERE id = $1")
+            .bind(held)
+            .fetch_one(&e.svc.pool)
+            .await
+            .expect("state");
+        (state == "running").then_some(())
+    })
+    .await;
+    assert!(running.is_some(), "the held job did not start");
+    // The lock every event write of `held` needs (its lease fence), taken before its first one.
+    let mut lock = e.svc.pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(held)
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    go_a1.notify_one();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let free = {
+        let mut conn = e.svc.pool.acquire().await.expect("conn");
+        enqueue(&mut conn, e.project, &NewJob::new("free", json!({})))
+            .await
+            .expect("enqueue")
+            .job()
+            .id
+    };
+    let texts = |id: uuid::Uuid| {
+        let pool = e.svc.pool.clone();
+        async move {
+            let rows: Vec<String> = sqlx::query_scalar(
+                "SELECT data->>'text' FROM job_events
+                 WHERE job_id = $1 AND kind = 'delta' ORDER BY seq",
+            )
+            .bind(id)
+            .fetch_all(&pool)
+            .await
+            .expect("deltas");
+            rows.concat()
+        }
+    };
+    let expected: String = (0..20).map(|i| format!("b{i},")).collect();
+    let streamed = eventually(Duration::from_secs(5), || async {
+        (texts(free).await == expected).then_some(())
+    })
+    .await;
+    let held_meanwhile = texts(held).await;
+    go_a2.notify_one();
+    lock.rollback().await.expect("unlock");
+    assert!(
+        streamed.is_some(),
+        "the other job's deltas were not written while one write waited on a lock: {:?}",
+        texts(free).await
+    );
+    assert_eq!(
+        held_meanwhile, "",
+        "the locked job's write cannot have committed"
+    );
+    let finished = eventually(Duration::from_secs(10), || async {
+        let state: String = sqlx::query_scalar("SELECT state::text FROM jobs WHERE id = $1")
+            .bind(held)
+            .fetch_one(&e.svc.pool)
+            .await
+            .expect("state");
+        (state == "succeeded").then_some(())
+    })
+    .await;
+    w.shutdown(Duration::from_secs(1)).await;
+    assert!(
+        finished.is_some(),
+        "the held job did not finish after the unlock"
+    );
+    assert_eq!(
+        texts(held).await,
+        "a1,a2,",
+        "the held job's deltas, in order"
     );
 }

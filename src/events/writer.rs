@@ -4,7 +4,9 @@
 //! running jobs are spread over four phases, so each statement carries a quarter of them and their
 //! readers are served a quarter-window apart rather than all in one burst. A job's first events
 //! and a closing job's last ones go out at the next phase, whichever it is (the last before the
-//! job's state changes).
+//! job's state changes). Writes may overlap, up to [`WRITERS`] at once, each on a connection of
+//! its own: a write slowed by a busy database does not hold the next phases' writes behind it.
+//! A job is never in two writes at once, so its events still commit in order.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +16,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -26,6 +28,8 @@ use crate::store::Blobs;
 pub const COALESCE: Duration = Duration::from_millis(40);
 /// How many phases the window is cut into; a job's phase comes from its id.
 const PHASES: u32 = 4;
+/// How many writes may be under way at once; give the writer's pool this many connections.
+pub const WRITERS: u32 = PHASES;
 
 /// The process's event writer. Cheap to clone.
 #[derive(Clone)]
@@ -43,6 +47,8 @@ struct Inner {
     jobs: Mutex<HashMap<Uuid, Pending>>,
     /// Something is buffered, or a closer waits.
     wake: Notify,
+    /// One permit per write under way.
+    slots: Arc<Semaphore>,
     stop: CancellationToken,
 }
 
@@ -55,8 +61,11 @@ struct Pending {
     fenced_out: CancellationToken,
     /// Closers waiting for their final flush: told whether the lease was still theirs.
     closers: Vec<oneshot::Sender<bool>>,
-    /// Whether a flush has taken this job's events before; until then they go at the next tick.
-    written: bool,
+    /// This job's events go at the next tick rather than its phase's: its first ones, and ones
+    /// whose phase came while its previous write was still under way.
+    next_tick: bool,
+    /// A write of this job's events is under way; later ones wait for it to end.
+    busy: bool,
 }
 
 /// Where one running job's events go.
@@ -72,9 +81,9 @@ pub struct EventSink {
 }
 
 impl EventWriter {
-    /// Starts the writer's flush loop on `pool` (best a connection of its own, so its writes never
-    /// queue behind handlers' queries); `local` is the pump of this process's hub, and `blobs`
-    /// takes payloads over its offload limit.
+    /// Starts the writer's flush loop on `pool` (best [`WRITERS`] connections of its own, so its
+    /// writes never queue behind handlers' queries); `local` is the pump of this process's hub,
+    /// and `blobs` takes payloads over its offload limit.
     pub fn start(pool: PgPool, local: Option<Pump>, blobs: Option<Blobs>) -> Self {
         let inner = Arc::new(Inner {
             pool,
@@ -82,6 +91,7 @@ impl EventWriter {
             blobs,
             jobs: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            slots: Arc::new(Semaphore::new(WRITERS as usize)),
             stop: CancellationToken::new(),
         });
         tokio::spawn(flush_loop(Arc::clone(&inner)));
@@ -168,7 +178,8 @@ impl EventSink {
             progress: None,
             fenced_out: self.fenced_out.clone(),
             closers: Vec::new(),
-            written: false,
+            next_tick: true,
+            busy: false,
         }
     }
 
@@ -249,7 +260,18 @@ async fn flush_loop(inner: Arc<Inner>) {
             _ = inner.stop.cancelled() => return,
             _ = tokio::time::sleep_until(next) => {}
         }
-        flush(&inner, phase).await;
+        // With every connection writing, this phase waits, and takes whatever gathered meanwhile.
+        let permit = tokio::select! {
+            _ = inner.stop.cancelled() => return,
+            p = Arc::clone(&inner.slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let taken = take(&inner, phase);
+        if !taken.is_empty() {
+            tokio::spawn(write(Arc::clone(&inner), taken, permit));
+        }
         phase = (phase + 1) % PHASES;
         // Ticks run start to start: a slow write shortens the next wait instead of adding to it.
         next = (next + tick).max(tokio::time::Instant::now());
@@ -275,46 +297,51 @@ impl Inner {
     }
 }
 
-/// Writes, in one statement, the buffered events of the jobs in `phase` and of every closing job,
-/// retrying database errors; the buffers are taken only once written, so nothing is lost on a
-/// failed attempt.
-async fn flush(inner: &Inner, phase: u32) {
-    let taken: Vec<(Uuid, Pending)> = match inner.jobs.lock() {
-        Ok(mut jobs) => {
-            let ids: Vec<Uuid> = jobs
-                .iter()
-                .filter(|(id, p)| {
-                    let due = !p.written || phase_of(**id) == phase;
-                    !p.closers.is_empty() || (!p.events.is_empty() && due)
-                })
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| {
-                    let p = jobs.get_mut(&id)?;
-                    let closing = !p.closers.is_empty();
-                    let taken = Pending {
-                        project_id: p.project_id,
-                        lease_token: p.lease_token,
-                        events: std::mem::take(&mut p.events),
-                        progress: p.progress.take(),
-                        fenced_out: p.fenced_out.clone(),
-                        closers: std::mem::take(&mut p.closers),
-                        written: true,
-                    };
-                    p.written = true;
-                    if closing {
-                        jobs.remove(&id);
-                    }
-                    Some((id, taken))
-                })
-                .collect()
-        }
-        Err(_) => return,
+/// Takes the buffered events of the jobs in `phase` and of every closing job, leaving out jobs
+/// whose earlier write is still under way; marks the others busy until their write ends.
+fn take(inner: &Inner, phase: u32) -> Vec<(Uuid, Pending)> {
+    let Ok(mut jobs) = inner.jobs.lock() else {
+        return Vec::new();
     };
-    if taken.is_empty() {
-        return;
+    let mut ids = Vec::new();
+    for (id, p) in jobs.iter_mut() {
+        let due = p.next_tick || phase_of(*id) == phase;
+        if p.closers.is_empty() && (p.events.is_empty() || !due) {
+            continue;
+        }
+        if p.busy {
+            p.next_tick = true;
+        } else {
+            ids.push(*id);
+        }
     }
+    ids.into_iter()
+        .filter_map(|id| {
+            let p = jobs.get_mut(&id)?;
+            let closing = !p.closers.is_empty();
+            let taken = Pending {
+                project_id: p.project_id,
+                lease_token: p.lease_token,
+                events: std::mem::take(&mut p.events),
+                progress: p.progress.take(),
+                fenced_out: p.fenced_out.clone(),
+                closers: std::mem::take(&mut p.closers),
+                next_tick: false,
+                busy: true,
+            };
+            p.next_tick = false;
+            p.busy = true;
+            if closing {
+                jobs.remove(&id);
+            }
+            Some((id, taken))
+        })
+        .collect()
+}
+
+/// Writes `taken` in one statement, retrying database errors (the events stay in hand, so
+/// nothing is lost on a failed attempt), then frees its jobs for the next write.
+async fn write(inner: Arc<Inner>, taken: Vec<(Uuid, Pending)>, _slot: OwnedSemaphorePermit) {
     let mut batch: Vec<JobBatch> = taken
         .iter()
         .map(|(id, p)| JobBatch {
@@ -363,6 +390,15 @@ async fn flush(inner: &Inner, phase: u32) {
             }
         }
     };
+    if let Ok(mut jobs) = inner.jobs.lock() {
+        for (id, _) in &taken {
+            if let Some(p) = jobs.get_mut(id) {
+                p.busy = false;
+            }
+        }
+    }
+    // Events that came in meanwhile, or a closer, may wait on exactly these jobs.
+    inner.wake.notify_one();
     for (id, p) in taken {
         // Jobs with nothing to write this time keep whatever their earlier writes found.
         let ours = if p.events.is_empty() {

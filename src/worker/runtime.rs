@@ -112,9 +112,9 @@ impl WorkerRuntime {
         .await?;
         let concurrency = cfg.concurrency.max(1);
         let (finish_tx, finish_rx) = mpsc::channel(concurrency * 2 + 1024);
-        // The event writer has a connection of its own, so a burst of handlers' queries (200 turns
+        // The event writer has connections of its own, so a burst of handlers' queries (200 turns
         // starting or ending at once) cannot hold every stream's next write behind them.
-        let pool_for_events = crate::db::pool::side_pool(&pool, 1);
+        let pool_for_events = crate::db::pool::side_pool(&pool, crate::events::writer::WRITERS);
         let blobs = cfg.blobs.clone();
         let shared = Arc::new(Shared {
             claim_pool: crate::db::pool::claim_pool(&pool, 2),
