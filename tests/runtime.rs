@@ -259,7 +259,13 @@ async fn a_stuck_event_write_holds_back_no_other_job() {
             .job()
             .id
     };
-    let w = e.worker(registry, fast_worker()).await;
+    // No lease renewal meanwhile: one statement renewing both jobs would wait on the held job's
+    // row while holding the other's, and stall that one's writes for a reason beside the point.
+    let cfg = spool::worker::WorkerConfig {
+        heartbeat: Duration::from_secs(120),
+        ..fast_worker()
+    };
+    let w = e.worker(registry, cfg).await;
     let running = eventually(Duration::from_secs(10), || async {
         let state: String = sqlx::query_scalar("SELECT state::text FROM jobs WHERE id = $1")
             .bind(held)
