@@ -6,7 +6,8 @@
 //! and a closing job's last ones go out at the next phase, whichever it is (the last before the
 //! job's state changes). Writes may overlap, up to [`WRITERS`] at once, each on a connection of
 //! its own: a write slowed by a busy database does not hold the next phases' writes behind it.
-//! A job is never in two writes at once, so its events still commit in order.
+//! A job is never in two writes at once, so its events still commit in order; one whose write
+//! outlasted its next phase goes at the first tick after that write instead.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
