@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::HeaderMap;
-use common::{Server, env, fast_worker};
+use common::{Server, env, fast_worker, reaches_state};
 use reqwest::Method;
 use serde_json::{Value, json};
 use spool::config::Secret;
@@ -498,17 +498,9 @@ async fn json_log_lines_carry_the_running_jobs_fields() {
     };
     let w = e.worker(registry, fast_worker()).await;
     let worker_id = w.worker_id().to_owned();
-    let done = eventually(Duration::from_secs(10), || async {
-        let s: String = sqlx::query_scalar("SELECT state::text FROM jobs WHERE id = $1")
-            .bind(id)
-            .fetch_one(&e.svc.pool)
-            .await
-            .expect("state");
-        (s == "succeeded").then_some(())
-    })
-    .await;
+    let done = reaches_state(&e.svc.pool, id, "succeeded", Duration::from_secs(10)).await;
     w.shutdown(Duration::from_secs(1)).await;
-    assert!(done.is_some(), "the job ran");
+    assert!(done, "the job ran");
 
     let text = lines
         .0

@@ -5,9 +5,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{env, eventually, fast_worker};
+use common::{env, eventually, fast_worker, reaches_state};
 use serde_json::{Value, json};
-use spool::queue::{NewJob, enqueue};
+use spool::queue::NewJob;
 use spool::worker::{JobContext, JobError, Registry};
 use tokio::sync::Notify;
 
@@ -17,14 +17,7 @@ async fn a_timeout_stops_the_handler_and_counts_as_a_failed_attempt() {
     let mut job = NewJob::new("sleep", json!({ "ms": 20_000 }));
     job.timeout_s = Some(1);
     job.max_attempts = Some(2);
-    let id = {
-        let mut conn = e.svc.pool.acquire().await.expect("conn");
-        enqueue(&mut conn, e.project, &job)
-            .await
-            .expect("enqueue")
-            .job()
-            .id
-    };
+    let id = e.enqueue_job(&job).await;
     let w = e.worker(e.registry(), fast_worker()).await;
     let failed = eventually(Duration::from_secs(15), || async {
         let (state, attempt, msg): (String, i32, Option<String>) = sqlx::query_as(
@@ -64,26 +57,11 @@ async fn bursts_of_emitted_events_all_arrive_in_order_before_the_final_state() {
         ctx.progress(100.0, "done");
         Ok::<_, JobError>(Value::Null)
     });
-    let id = {
-        let mut conn = e.svc.pool.acquire().await.expect("conn");
-        enqueue(&mut conn, e.project, &NewJob::new("chatty", json!({})))
-            .await
-            .expect("enqueue")
-            .job()
-            .id
-    };
+    let id = e.enqueue_job(&NewJob::new("chatty", json!({}))).await;
     let w = e.worker(registry, fast_worker()).await;
-    let done = eventually(Duration::from_secs(10), || async {
-        let s: String = sqlx::query_scalar("SELECT state::text FROM jobs WHERE id = $1")
-            .bind(id)
-            .fetch_one(&e.svc.pool)
-            .await
-            .expect("state");
-        (s == "succeeded").then_some(())
-    })
-    .await;
+    let done = reaches_state(&e.svc.pool, id, "succeeded", Duration::from_secs(10)).await;
     w.shutdown(Duration::from_secs(1)).await;
-    assert!(done.is_some());
+    assert!(done);
     let rows: Vec<(i64, String, Value)> =
         sqlx::query_as("SELECT seq, kind, data FROM job_events WHERE job_id = $1 ORDER BY seq")
             .bind(id)
@@ -139,14 +117,8 @@ async fn streaming_jobs_are_written_once_a_window_each_in_statements_spread_over
         Ok::<_, JobError>(Value::Null)
     });
     let mut ids = Vec::new();
-    {
-        let mut conn = e.svc.pool.acquire().await.expect("conn");
-        for _ in 0..JOBS {
-            let job = enqueue(&mut conn, e.project, &NewJob::new("streamer", json!({})))
-                .await
-                .expect("enqueue");
-            ids.push(job.job().id);
-        }
+    for _ in 0..JOBS {
+        ids.push(e.enqueue_job(&NewJob::new("streamer", json!({}))).await);
     }
     let w = e.worker(registry, fast_worker()).await;
     let done = eventually(Duration::from_secs(20), || async {
@@ -251,14 +223,7 @@ async fn a_stuck_event_write_holds_back_no_other_job() {
             }
             Ok::<_, JobError>(Value::Null)
         });
-    let held = {
-        let mut conn = e.svc.pool.acquire().await.expect("conn");
-        enqueue(&mut conn, e.project, &NewJob::new("held", json!({})))
-            .await
-            .expect("enqueue")
-            .job()
-            .id
-    };
+    let held = e.enqueue_job(&NewJob::new("held", json!({}))).await;
     // No lease renewal meanwhile: one statement renewing both jobs would wait on the held job's
     // row while holding the other's, and stall that one's writes for a reason beside the point.
     let cfg = spool::worker::WorkerConfig {
@@ -266,16 +231,8 @@ async fn a_stuck_event_write_holds_back_no_other_job() {
         ..fast_worker()
     };
     let w = e.worker(registry, cfg).await;
-    let running = eventually(Duration::from_secs(10), || async {
-        let state: String = sqlx::query_scalar("SELECT state::text FROM jobs WHERE id = $1")
-            .bind(held)
-            .fetch_one(&e.svc.pool)
-            .await
-            .expect("state");
-        (state == "running").then_some(())
-    })
-    .await;
-    assert!(running.is_some(), "the held job did not start");
+    let running = reaches_state(&e.svc.pool, held, "running", Duration::from_secs(10)).await;
+    assert!(running, "the held job did not start");
     // The lock every event write of `held` needs (its lease fence), taken before its first one.
     let mut lock = e.svc.pool.begin().await.expect("begin");
     sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE")
@@ -285,14 +242,7 @@ async fn a_stuck_event_write_holds_back_no_other_job() {
         .expect("lock");
     go_a1.notify_one();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let free = {
-        let mut conn = e.svc.pool.acquire().await.expect("conn");
-        enqueue(&mut conn, e.project, &NewJob::new("free", json!({})))
-            .await
-            .expect("enqueue")
-            .job()
-            .id
-    };
+    let free = e.enqueue_job(&NewJob::new("free", json!({}))).await;
     let texts = |id: uuid::Uuid| {
         let pool = e.svc.pool.clone();
         async move {
@@ -324,20 +274,9 @@ async fn a_stuck_event_write_holds_back_no_other_job() {
         held_meanwhile, "",
         "the locked job's write cannot have committed"
     );
-    let finished = eventually(Duration::from_secs(10), || async {
-        let state: String = sqlx::query_scalar("SELECT state::text FROM jobs WHERE id = $1")
-            .bind(held)
-            .fetch_one(&e.svc.pool)
-            .await
-            .expect("state");
-        (state == "succeeded").then_some(())
-    })
-    .await;
+    let finished = reaches_state(&e.svc.pool, held, "succeeded", Duration::from_secs(10)).await;
     w.shutdown(Duration::from_secs(1)).await;
-    assert!(
-        finished.is_some(),
-        "the held job did not finish after the unlock"
-    );
+    assert!(finished, "the held job did not finish after the unlock");
     assert_eq!(
         texts(held).await,
         "a1,a2,",

@@ -116,6 +116,16 @@ impl Env {
         }
     }
 
+    /// Enqueues `job` in the env's project straight through the queue; returns its id.
+    pub async fn enqueue_job(&self, job: &spool::queue::NewJob) -> Uuid {
+        let mut conn = self.svc.pool.acquire().await.expect("conn");
+        spool::queue::enqueue(&mut conn, self.project, job)
+            .await
+            .expect("enqueue")
+            .job()
+            .id
+    }
+
     /// Starts a worker runtime with its own LISTEN hub, like a separate node would have. Large
     /// payloads go to the env's blob store, as in `spool worker`, unless `cfg` names another.
     pub async fn worker(&self, registry: Registry, mut cfg: WorkerConfig) -> RuntimeHandle {
@@ -215,6 +225,20 @@ impl Server {
         assert_eq!(status, 200, "{body}");
         body
     }
+}
+
+/// Whether job `id` is in `state` (e.g. `"succeeded"`) within `timeout`.
+pub async fn reaches_state(pool: &sqlx::PgPool, id: Uuid, state: &str, timeout: Duration) -> bool {
+    eventually(timeout, || async {
+        let now: String = sqlx::query_scalar("SELECT state::text FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .expect("job state");
+        (now == state).then_some(())
+    })
+    .await
+    .is_some()
 }
 
 /// Polls `f` until it returns `Some`, for up to `timeout`.
