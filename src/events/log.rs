@@ -202,6 +202,9 @@ pub async fn stream_head(
 }
 
 /// New events of many streams at once, each after its own cursor, ordered by stream then cursor.
+/// Each stream is its own index range scan: as a plain join the planner, which cannot see how
+/// few streams the arrays hold, hashes the whole event table instead (13 ms a read at 60,000
+/// events, growing with the table).
 pub async fn read_streams_after(
     pool: &PgPool,
     streams: &[(Uuid, i64)],
@@ -212,7 +215,12 @@ pub async fn read_streams_after(
         r#"SELECT e.stream_id AS "stream_id!", e.stream_seq AS "cursor!", e.job_id, e.seq, e.kind,
                   e.data, e.at
            FROM unnest($1::uuid[], $2::bigint[]) AS s(id, cursor)
-           JOIN job_events e ON e.stream_id = s.id AND e.stream_seq > s.cursor
+           CROSS JOIN LATERAL (
+               SELECT * FROM job_events e
+               WHERE e.stream_id = s.id AND e.stream_seq > s.cursor
+               ORDER BY e.stream_seq
+               LIMIT $3
+           ) e
            ORDER BY e.stream_id, e.stream_seq
            LIMIT $3"#,
         &ids,
