@@ -72,7 +72,7 @@ async fn a_turn_with_two_tool_rounds_streams_checkpoints_and_sums_usage() {
     fake.push_all([
         Reply::tool_call("call_1", "list_dir", r#"{"path":"."}"#),
         Reply::tool_call("call_2", "read_file", r#"{"path":"notes.txt"}"#),
-        // Spaced past the 40 ms write window, so the reply reaches clients in several deltas.
+        // Spaced past the 30 ms write window, so the reply reaches clients in several deltas.
         spaced("The notes say hello spool.", 60),
     ]);
     let e = agent_env(&fake).await;

@@ -101,7 +101,7 @@ async fn bursts_of_emitted_events_all_arrive_in_order_before_the_final_state() {
     assert_eq!(progress["pct"], json!(100.0));
 }
 
-/// Eight jobs stream deltas every 2 ms for 600 ms. Each job is written at most once per 40 ms
+/// Eight jobs stream deltas every 2 ms for 600 ms. Each job is written at most once per
 /// window (so its deltas coalesce into few rows, every one of them kept in order), and the
 /// writes are spread over the window's phases: no single statement carries every running job.
 #[tokio::test]
@@ -155,7 +155,8 @@ async fn streaming_jobs_are_written_once_a_window_each_in_statements_spread_over
         assert_eq!(text, expected, "job {id}: every delta, in order");
         let ran_ms = mine.first().map_or(0.0, |r| r.3);
         // One write per started window, plus the first events' early write and the final flush.
-        let allowed = (ran_ms / 40.0).ceil() as usize + 2;
+        let window_ms = spool::events::writer::COALESCE.as_secs_f64() * 1e3;
+        let allowed = (ran_ms / window_ms).ceil() as usize + 2;
         assert!(
             mine.len() <= allowed,
             "job {id}: {} delta rows in {ran_ms:.0} ms; at most {allowed} expected",
