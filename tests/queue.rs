@@ -378,6 +378,99 @@ async fn a_lapsed_lease_is_rescued_and_the_stale_worker_changes_nothing() {
     assert_eq!(stale_logs, 0);
 }
 
+/// A renewal never waits on a row another transaction holds (an event write, say): it renews the
+/// rest, reports the held one busy rather than lost, and renews it once it is free.
+#[tokio::test]
+async fn a_renewal_skips_a_held_row_and_reports_it_busy_not_lost() {
+    let e = env().await;
+    for _ in 0..3 {
+        enqueue_one(&e.svc.pool, e.project, NewJob::new("noop", json!({}))).await;
+    }
+    let claimed = claim::claim(&e.svc.pool, "default", "w", 10, Duration::from_secs(60))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 3);
+    let mut held: Vec<(Uuid, Uuid)> = claimed.iter().map(|c| (c.id, c.lease_token)).collect();
+    held.sort();
+    let (busy, cancelled) = (held[1].0, held[2].0);
+    sqlx::query("UPDATE jobs SET cancel_requested_at = now() WHERE id = $1")
+        .bind(cancelled)
+        .execute(&e.svc.pool)
+        .await
+        .expect("request cancel");
+    // A pair that holds no lease (here: no job at all): lost.
+    let stranger = (Uuid::new_v4(), Uuid::new_v4());
+    let mut lock = e.svc.pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(busy)
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    let lease = Duration::from_secs(3600);
+    let mut ask = held.clone();
+    ask.push(stranger);
+    let found = tokio::time::timeout(
+        Duration::from_secs(5),
+        claim::renew(&e.svc.pool, &ask, lease),
+    )
+    .await
+    .expect("the renewal waited on the held row")
+    .expect("renew");
+    let of = |id: Uuid| {
+        found
+            .iter()
+            .find(|(f, _)| *f == id)
+            .map(|(_, r)| *r)
+            .expect("an answer for every pair")
+    };
+    assert_eq!(found.len(), 4);
+    assert_eq!(
+        of(held[0].0),
+        claim::Renewal::Renewed {
+            cancel_requested: false
+        }
+    );
+    assert_eq!(of(held[1].0), claim::Renewal::Busy);
+    assert_eq!(
+        of(held[2].0),
+        claim::Renewal::Renewed {
+            cancel_requested: true
+        }
+    );
+    assert_eq!(of(stranger.0), claim::Renewal::Lost);
+    let far = |id: Uuid| {
+        let pool = e.svc.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT lease_expires_at > now() + interval '30 minutes' FROM jobs WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .expect("lease")
+        }
+    };
+    assert!(
+        far(held[0].0).await && far(cancelled).await,
+        "renewed leases"
+    );
+    lock.rollback().await.expect("unlock");
+    assert!(!far(busy).await, "the held row's lease cannot have moved");
+    let again = claim::renew(&e.svc.pool, &[held[1]], lease)
+        .await
+        .expect("renew");
+    assert_eq!(
+        again,
+        vec![(
+            busy,
+            claim::Renewal::Renewed {
+                cancel_requested: false
+            }
+        )]
+    );
+    assert!(far(busy).await, "renewed once free");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_reaches_a_running_job_on_another_runtime_and_cascades_to_children() {
     let e = env().await;

@@ -225,10 +225,10 @@ async fn a_stuck_event_write_holds_back_no_other_job() {
             Ok::<_, JobError>(Value::Null)
         });
     let held = e.enqueue_job(&NewJob::new("held", json!({}))).await;
-    // No lease renewal meanwhile: one statement renewing both jobs would wait on the held job's
-    // row while holding the other's, and stall that one's writes for a reason beside the point.
+    // Leases are renewed every 100 ms meanwhile: the renewals must skip the locked row without
+    // stopping its job (it is busy, not lost) and without holding up the other job's writes.
     let cfg = spool::worker::WorkerConfig {
-        heartbeat: Duration::from_secs(120),
+        heartbeat: Duration::from_millis(100),
         ..fast_worker()
     };
     let w = e.worker(registry, cfg).await;

@@ -118,30 +118,51 @@ pub async fn claim(
         .collect())
 }
 
-/// The result of renewing one held lease.
+/// What renewing one held lease found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Renewed {
-    pub id: Uuid,
-    pub cancel_requested: bool,
+pub enum Renewal {
+    /// The lease is extended; the job's cancel may have been requested meanwhile.
+    Renewed { cancel_requested: bool },
+    /// The lease is no longer ours: rescued, re-claimed or finished elsewhere.
+    Lost,
+    /// Another transaction (an event write, a finish) holds the row right now; try again shortly.
+    Busy,
 }
 
-/// Extends the leases of `held` (id, token) pairs. Jobs missing from the answer are no longer
-/// ours — rescued, re-claimed or finished elsewhere — and their handlers must stop.
+/// Extends the leases of `held` (id, token) pairs, and says for each what it found.
+///
+/// Rows locked by someone else are skipped, not waited for: a renewal that waited would keep
+/// every row it had locked so far, and those jobs' event writes would queue behind it. The rows
+/// are locked in id order, as every statement that locks several job rows does.
 pub async fn renew(
     pool: &PgPool,
     held: &[(Uuid, Uuid)],
     lease: Duration,
-) -> Result<Vec<Renewed>, sqlx::Error> {
+) -> Result<Vec<(Uuid, Renewal)>, sqlx::Error> {
     if held.is_empty() {
         return Ok(Vec::new());
     }
     let (ids, tokens): (Vec<Uuid>, Vec<Uuid>) = held.iter().copied().unzip();
     let rows = sqlx::query!(
         r#"
-        UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $3)
-        FROM unnest($1::uuid[], $2::uuid[]) AS h(id, token)
-        WHERE j.id = h.id AND j.lease_token = h.token
-        RETURNING j.id, (j.cancel_requested_at IS NOT NULL) AS "cancel_requested!"
+        WITH held AS (
+            SELECT * FROM unnest($1::uuid[], $2::uuid[]) AS h(id, token)
+        ), locked AS (
+            SELECT j.id FROM jobs j JOIN held h ON h.id = j.id AND j.lease_token = h.token
+            ORDER BY j.id
+            FOR NO KEY UPDATE OF j SKIP LOCKED
+        ), renewed AS (
+            UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $3)
+            FROM locked l WHERE j.id = l.id
+            RETURNING j.id, j.lease_token, (j.cancel_requested_at IS NOT NULL) AS cancel_requested
+        )
+        SELECT h.id AS "id!", r.id IS NOT NULL AS "renewed!",
+               coalesce(r.cancel_requested, false) AS "cancel_requested!",
+               -- Skipped, yet still ours as of this statement's snapshot: locked, not lost.
+               (r.id IS NULL AND EXISTS (
+                   SELECT 1 FROM jobs j WHERE j.id = h.id AND j.lease_token = h.token
+               )) AS "busy!"
+        FROM held h LEFT JOIN renewed r ON r.id = h.id AND r.lease_token = h.token
         "#,
         &ids,
         &tokens,
@@ -151,9 +172,15 @@ pub async fn renew(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| Renewed {
-            id: r.id,
-            cancel_requested: r.cancel_requested,
+        .map(|r| {
+            let found = match (r.renewed, r.busy) {
+                (true, _) => Renewal::Renewed {
+                    cancel_requested: r.cancel_requested,
+                },
+                (false, true) => Renewal::Busy,
+                (false, false) => Renewal::Lost,
+            };
+            (r.id, found)
         })
         .collect())
 }

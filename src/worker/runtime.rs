@@ -2,7 +2,7 @@
 //! heartbeat that renews leases and notices cancels, the completer, and background maintenance
 //! (rescue of lapsed leases) that every worker process runs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +18,12 @@ use super::{Registry, completer, observe};
 use crate::events::Hub;
 use crate::metrics;
 use crate::queue::backoff::Backoff;
+use crate::queue::claim::Renewal;
 use crate::queue::{claim, rescue, suspend, workers};
+
+/// Passes a renewal makes over rows another transaction held, and the pause between them.
+const RENEW_ROUNDS: usize = 10;
+const RENEW_RETRY: Duration = Duration::from_millis(20);
 
 /// How a worker runtime claims and runs jobs.
 #[derive(Debug, Clone)]
@@ -291,27 +296,52 @@ async fn claim_loop(
 }
 
 /// Renews the leases of every held job, and stops those whose cancel was requested or whose lease
-/// is gone. Runs now and then every `cfg.heartbeat`.
+/// is gone. Runs now and then every `cfg.heartbeat`. Jobs whose rows were busy are retried a few
+/// times right away; any still busy after that wait for the next heartbeat, with two thirds of
+/// their lease left.
 async fn renew_all(shared: &Shared) {
-    let held: Vec<(uuid::Uuid, uuid::Uuid)> = shared
+    let mut held: Vec<(uuid::Uuid, uuid::Uuid)> = shared
         .with_inflight(|m| m.iter().map(|(id, f)| (*id, f.lease_token)).collect())
         .unwrap_or_default();
     let running = held.len() as i32;
-    match claim::renew(&shared.pool, &held, shared.cfg.lease).await {
-        Ok(renewed) => {
-            let ours: HashMap<_, _> = renewed.iter().map(|r| (r.id, r.cancel_requested)).collect();
-            shared.with_inflight(|m| {
-                for (id, _) in &held {
-                    let Some(f) = m.get(id) else { continue };
-                    match ours.get(id) {
-                        None => f.stop(Stop::LeaseLost),
-                        Some(true) => f.stop(Stop::Cancelled),
-                        Some(false) => {}
-                    }
-                }
-            });
+    for round in 0..RENEW_ROUNDS {
+        if held.is_empty() {
+            break;
         }
-        Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
+        if round > 0 {
+            tokio::time::sleep(RENEW_RETRY).await;
+        }
+        let found = match claim::renew(&shared.pool, &held, shared.cfg.lease).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "lease renewal failed");
+                break;
+            }
+        };
+        shared.with_inflight(|m| {
+            for (id, renewal) in &found {
+                let Some(f) = m.get(id) else { continue };
+                match renewal {
+                    Renewal::Lost => f.stop(Stop::LeaseLost),
+                    Renewal::Renewed {
+                        cancel_requested: true,
+                    } => f.stop(Stop::Cancelled),
+                    Renewal::Renewed { .. } | Renewal::Busy => {}
+                }
+            }
+        });
+        let busy: HashSet<uuid::Uuid> = found
+            .iter()
+            .filter(|(_, r)| *r == Renewal::Busy)
+            .map(|(id, _)| *id)
+            .collect();
+        held.retain(|(id, _)| busy.contains(id));
+    }
+    if !held.is_empty() {
+        tracing::debug!(
+            jobs = held.len(),
+            "leases left for the next heartbeat: rows busy"
+        );
     }
     if let Err(e) = workers::heartbeat(&shared.pool, &shared.worker_id, running).await {
         tracing::warn!(error = %e, "worker heartbeat failed");
