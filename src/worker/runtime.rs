@@ -318,9 +318,13 @@ async fn renew_all(shared: &Shared) {
                 break;
             }
         };
+        let asked: HashMap<uuid::Uuid, uuid::Uuid> = held.iter().copied().collect();
         shared.with_inflight(|m| {
             for (id, renewal) in &found {
-                let Some(f) = m.get(id) else { continue };
+                // The job may have finished and been claimed again meanwhile, under a new lease.
+                let Some(f) = m.get(id).filter(|f| asked.get(id) == Some(&f.lease_token)) else {
+                    continue;
+                };
                 match renewal {
                     Renewal::Lost => f.stop(Stop::LeaseLost),
                     Renewal::Renewed {
