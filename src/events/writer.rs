@@ -284,7 +284,7 @@ async fn flush_loop(inner: Arc<Inner>) {
 }
 
 /// The phase of the window in which a job's events are written.
-fn phase_of(job_id: Uuid) -> u32 {
+pub fn phase_of(job_id: Uuid) -> u32 {
     // The low bits of a UUIDv7 are random, so running jobs spread evenly over the phases.
     (job_id.as_u128() % u128::from(PHASES)) as u32
 }
