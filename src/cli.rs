@@ -121,6 +121,10 @@ pub struct Common {
     /// Log lines as `text` or `json`.
     #[arg(long, env = "SPOOL_LOG_FORMAT", global = true)]
     log_format: Option<String>,
+    /// Milliseconds a running job's events gather before a write (15 to 1000): shorter reaches
+    /// readers sooner, longer writes fewer rows.
+    #[arg(long, env = "SPOOL_EVENT_WINDOW_MS", global = true)]
+    event_window_ms: Option<u64>,
     #[command(flatten)]
     storage: storage::StorageArgs,
 }
@@ -155,6 +159,7 @@ impl Common {
             metrics_token: self.metrics_token.clone(),
             metrics_listen: self.metrics_listen.clone(),
             log_format: self.log_format.clone(),
+            event_window_ms: self.event_window_ms,
             ..Overrides::default()
         };
         self.storage.apply(&mut over);

@@ -148,6 +148,8 @@ pub struct Settings {
     pub max_upload_bytes: usize,
     /// The orphan sweep and retention pruning every worker takes part in.
     pub housekeeping: Housekeeping,
+    /// Each running job's events are written at most once per this long.
+    pub event_window: Duration,
 }
 
 /// One layer of settings: the command line and environment (clap merges the two), or the file.
@@ -178,11 +180,12 @@ pub struct Overrides {
     pub retain_events_days: Option<u32>,
     pub retain_spans_days: Option<u32>,
     pub housekeeping_interval_s: Option<u64>,
+    pub event_window_ms: Option<u64>,
 }
 
 impl Overrides {
     /// The setting names, as written in `spool.toml`.
-    pub const KEYS: [&str; 25] = [
+    pub const KEYS: [&str; 26] = [
         "compaction_share",
         "database_url",
         "data_dir",
@@ -208,6 +211,7 @@ impl Overrides {
         "retain_events_days",
         "retain_spans_days",
         "housekeeping_interval_s",
+        "event_window_ms",
     ];
 
     /// This layer, with gaps filled from `below`.
@@ -240,6 +244,7 @@ impl Overrides {
             housekeeping_interval_s: self
                 .housekeeping_interval_s
                 .or(below.housekeeping_interval_s),
+            event_window_ms: self.event_window_ms.or(below.event_window_ms),
         }
     }
 }
@@ -287,6 +292,13 @@ impl Settings {
             key: "listen",
             message: format!("`{listen_raw}` is not host:port ({e})"),
         })?;
+        let event_window = Duration::from_millis(v.event_window_ms.unwrap_or(30));
+        if !(Duration::from_millis(15)..=Duration::from_secs(1)).contains(&event_window) {
+            return Err(ConfigError::Invalid {
+                key: "event_window_ms",
+                message: "must be between 15 and 1000".into(),
+            });
+        }
         let concurrency = v.concurrency.unwrap_or(16);
         if concurrency == 0 {
             return Err(ConfigError::Invalid {
@@ -361,6 +373,7 @@ impl Settings {
             blobs,
             max_upload_bytes: v.max_upload_bytes.unwrap_or(20 * 1024 * 1024).max(1),
             housekeeping,
+            event_window,
         })
     }
 
@@ -375,6 +388,7 @@ impl Settings {
             rescue_interval: (self.lease / 2).clamp(Duration::from_secs(1), Duration::from_secs(5)),
             backoff: self.backoff,
             blobs: Some(self.blobs.clone()),
+            event_window: self.event_window,
             ..WorkerConfig::default()
         }
     }

@@ -103,7 +103,7 @@ async fn bursts_of_emitted_events_all_arrive_in_order_before_the_final_state() {
 }
 
 /// Eight jobs stream deltas every 2 ms for 600 ms. Each job is written at most once per
-/// window (so its deltas coalesce into few rows, every one of them kept in order), and the
+/// configured window (so its deltas coalesce into few rows, every one of them kept in order), and the
 /// writes are spread over the window's phases: a statement carries one phase's jobs.
 #[tokio::test]
 async fn streaming_jobs_are_written_once_a_window_each_in_statements_spread_over_its_phases() {
@@ -132,7 +132,13 @@ async fn streaming_jobs_are_written_once_a_window_each_in_statements_spread_over
         "jobs are not spread over phases"
     );
     let jobs = ids.len();
-    let w = e.worker(registry, fast_worker()).await;
+    // A configured window, twice the default: the writer must honour it, not its default.
+    let window = writer::COALESCE * 2;
+    let cfg = spool::worker::WorkerConfig {
+        event_window: window,
+        ..fast_worker()
+    };
+    let w = e.worker(registry, cfg).await;
     let done = eventually(Duration::from_secs(20), || async {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM jobs WHERE id = ANY($1) AND state = 'succeeded'",
@@ -166,7 +172,7 @@ async fn streaming_jobs_are_written_once_a_window_each_in_statements_spread_over
         assert_eq!(text, expected, "job {id}: every delta, in order");
         let ran_ms = mine.first().map_or(0.0, |r| r.3);
         // One write per started window, plus the first events' early write and the final flush.
-        let window_ms = writer::COALESCE.as_secs_f64() * 1e3;
+        let window_ms = window.as_secs_f64() * 1e3;
         let allowed = (ran_ms / window_ms).ceil() as usize + 2;
         assert!(
             mine.len() <= allowed,

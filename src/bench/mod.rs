@@ -75,6 +75,10 @@ pub struct BenchArgs {
     /// its title job run at once].
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Milliseconds a running job's events gather before a write (the worker's
+    /// `--event-window-ms`).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(15..=1000))]
+    event_window_ms: u64,
     /// Database connections of the bench process (API, worker and measurement share them).
     #[arg(long, default_value_t = 20)]
     db_pool: u32,
@@ -150,6 +154,7 @@ impl BenchArgs {
 fn worker_cfg(b: &BenchArgs) -> spool::worker::WorkerConfig {
     spool::worker::WorkerConfig {
         concurrency: b.concurrency(),
+        event_window: Duration::from_millis(b.event_window_ms),
         ..Default::default()
     }
 }

@@ -240,6 +240,7 @@ async fn measure(
     Ok(json!({
         "mode": "turns", "turns": n, "tokens": b.tokens, "chunk_ms": b.chunk_ms,
         "first_turn": b.first_turn, "concurrency": b.concurrency(), "db_pool": b.db_pool,
+        "event_window_ms": b.event_window_ms,
         "completed": done.len(), "seconds": round(seconds),
         "turns_per_s": round(if seconds > 0.0 { done.len() as f64 / seconds } else { 0.0 }),
         "db_writes_per_turn": round(per_turn(writes, idle_rate.0)),

@@ -53,6 +53,23 @@ fn bad_values_are_named() {
     };
     let err = Settings::resolve(over, FileConfig::default()).expect_err("must fail");
     assert!(err.to_string().contains("log_format"), "{err}");
+    for ms in [0, 14, 1001] {
+        let over = Overrides {
+            event_window_ms: Some(ms),
+            ..Overrides::default()
+        };
+        let err = Settings::resolve(over, FileConfig::default()).expect_err("must fail");
+        assert!(err.to_string().contains("event_window_ms"), "{ms}: {err}");
+    }
+}
+
+#[test]
+fn the_event_window_reaches_the_worker() {
+    let s = Settings::resolve(Overrides::default(), FileConfig::default()).expect("resolve");
+    assert_eq!(s.worker().event_window, Duration::from_millis(30));
+    let file: FileConfig = toml::from_str("event_window_ms = 50").expect("parse");
+    let s = Settings::resolve(Overrides::default(), file).expect("resolve");
+    assert_eq!(s.worker().event_window, Duration::from_millis(50));
 }
 
 #[test]

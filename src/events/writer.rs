@@ -1,7 +1,7 @@
 //! The coalescing writer behind handlers' `progress` and `emit`. One writer per process gathers
 //! the events of every running job and writes them in batched statements, each job's part fenced
-//! by its lease. Every job is written at most once per 30 ms window, in its own phase of it: the
-//! running jobs are spread over three phases, so each statement carries a third of them and their
+//! by its lease. Every job is written at most once per window (30 ms unless configured), in its
+//! own phase of it: the running jobs are spread over three phases, so each statement carries a third of them and their
 //! readers are served a third of a window apart rather than all in one burst. A job's first
 //! events and a closing job's last ones go out at the next phase, whichever it is (the last
 //! before the job's state changes). Writes may overlap, up to [`WRITERS`] at once, each on a
@@ -11,7 +11,9 @@
 //!
 //! The window is what a streamed token waits at worst before its write, so it sets the floor of
 //! chunk-to-reader latency: with tokens arriving steadily, 1% of them wait at least 99% of it.
-//! 30 ms keeps the p99 under 50 ms with room for the write and the hand-over to the reader.
+//! 30 ms keeps the p99 under 50 ms with room for the write and the hand-over to the reader; a
+//! longer one writes fewer rows. However long, there is one statement per tick (a third of the
+//! window), whatever the number of running jobs.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,10 +31,11 @@ use super::log::{Appended, JobBatch, NewEvent, StreamEvent, append_batch};
 use super::pump::Pump;
 use crate::store::Blobs;
 
-/// How long a job's events gather before a write: each job is written at most once a window.
+/// How long a job's events gather before a write unless configured: each job is written at most
+/// once a window.
 pub const COALESCE: Duration = Duration::from_millis(30);
 /// How many phases the window is cut into; a job's phase comes from its id.
-const PHASES: u32 = 3;
+pub const PHASES: u32 = 3;
 /// How many writes may be under way at once; give the writer's pool this many connections.
 pub const WRITERS: u32 = 4;
 
@@ -50,6 +53,8 @@ struct Inner {
     /// Where event payloads over the offload limit go, before the write that refers to them.
     blobs: Option<Blobs>,
     jobs: Mutex<HashMap<Uuid, Pending>>,
+    /// Each job is written at most once per this long.
+    window: Duration,
     /// Something is buffered, or a closer waits.
     wake: Notify,
     /// One permit per write under way.
@@ -88,13 +93,20 @@ pub struct EventSink {
 impl EventWriter {
     /// Starts the writer's flush loop on `pool` (best [`WRITERS`] connections of its own, so its
     /// writes never queue behind handlers' queries); `local` is the pump of this process's hub,
-    /// and `blobs` takes payloads over its offload limit.
-    pub fn start(pool: PgPool, local: Option<Pump>, blobs: Option<Blobs>) -> Self {
+    /// `blobs` takes payloads over its offload limit, and `window` is how often at most each job
+    /// is written.
+    pub fn start(
+        pool: PgPool,
+        local: Option<Pump>,
+        blobs: Option<Blobs>,
+        window: Duration,
+    ) -> Self {
         let inner = Arc::new(Inner {
             pool,
             local,
             blobs,
             jobs: Mutex::new(HashMap::new()),
+            window,
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(WRITERS as usize)),
             stop: CancellationToken::new(),
@@ -128,7 +140,7 @@ impl EventWriter {
 }
 
 impl EventSink {
-    /// Queues an event; it is written within one window (30 ms) and the write's duration.
+    /// Queues an event; it is written within one window and the write's duration.
     pub fn emit(&self, kind: &str, data: Value) {
         self.push(kind, data, None, false);
     }
@@ -251,7 +263,7 @@ fn mergeable(a: &Value, b: &Value) -> bool {
 }
 
 async fn flush_loop(inner: Arc<Inner>) {
-    let tick = COALESCE / PHASES;
+    let tick = inner.window / PHASES;
     let mut phase = 0;
     let mut next = tokio::time::Instant::now();
     loop {

@@ -48,6 +48,8 @@ pub struct WorkerConfig {
     pub worker_id: Option<String>,
     /// Where results and event payloads over its offload limit go; none keeps them inline.
     pub blobs: Option<crate::store::Blobs>,
+    /// Each running job's events are written at most once per this long.
+    pub event_window: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -65,6 +67,7 @@ impl Default for WorkerConfig {
             claim_batch: 500,
             worker_id: None,
             blobs: None,
+            event_window: crate::events::writer::COALESCE,
         }
     }
 }
@@ -120,7 +123,7 @@ impl WorkerRuntime {
         // The event writer has connections of its own, so a burst of handlers' queries (200 turns
         // starting or ending at once) cannot hold every stream's next write behind them.
         let pool_for_events = crate::db::pool::side_pool(&pool, crate::events::writer::WRITERS);
-        let blobs = cfg.blobs.clone();
+        let (blobs, window) = (cfg.blobs.clone(), cfg.event_window);
         let shared = Arc::new(Shared {
             claim_pool: crate::db::pool::claim_pool(&pool, 2),
             pool,
@@ -129,7 +132,12 @@ impl WorkerRuntime {
             worker_id,
             inflight: Mutex::new(HashMap::new()),
             finishes: finish_tx,
-            events: crate::events::EventWriter::start(pool_for_events, Some(hub.pump()), blobs),
+            events: crate::events::EventWriter::start(
+                pool_for_events,
+                Some(hub.pump()),
+                blobs,
+                window,
+            ),
         });
         let closing = CancellationToken::new();
         let completer = tokio::spawn(completer::run(
