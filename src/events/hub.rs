@@ -90,6 +90,8 @@ impl Hub {
     async fn run(self, mut listener: PgListener) {
         loop {
             let next = tokio::select! {
+                // A stop closes the pool right after: its errors are not failures to report.
+                biased;
                 _ = self.inner.stop.cancelled() => return,
                 n = listener.try_recv() => n,
             };
@@ -97,10 +99,14 @@ impl Hub {
                 Ok(Some(n)) => self.dispatch(n.channel(), n.payload()),
                 // The connection dropped and will be re-established: notifications may be lost.
                 Ok(None) => self.wake_all(),
+                Err(_) if self.inner.stop.is_cancelled() => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "LISTEN connection failed; reconnecting");
                     self.wake_all();
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::select! {
+                        _ = self.inner.stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
                 }
             }
         }
