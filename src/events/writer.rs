@@ -1,13 +1,14 @@
 //! The coalescing writer behind handlers' `progress` and `emit`. One writer per process gathers
 //! the events of every running job and writes them in batched statements, each job's part fenced
 //! by its lease. Every job is written at most once per window (30 ms unless configured), in its
-//! own phase of it: the running jobs are spread over three phases, so each statement carries a third of them and their
-//! readers are served a third of a window apart rather than all in one burst. A job's first
-//! events and a closing job's last ones go out at the next phase, whichever it is (the last
-//! before the job's state changes). Writes may overlap, up to [`WRITERS`] at once, each on a
-//! connection of its own: a write slowed by a busy database does not hold the next phases'
-//! writes behind it. A job is never in two writes at once, so its events still commit in order;
-//! one whose write outlasted its next phase goes at the first tick after that write instead.
+//! own phase of it: the running jobs are spread over three phases, so each statement carries a
+//! third of them and their readers are served a third of a window apart rather than all in one
+//! burst. A job's first events and a closing job's last ones go out at the next phase, whichever
+//! it is (the last before the job's state changes). Writes may overlap, up to [`WRITERS`] at
+//! once, each on a connection of its own: a write slowed by a busy database does not hold the
+//! next phases' writes behind it. A job is never in two writes at once, so its events still
+//! commit in order; one whose write outlasted its next phase goes at the first tick after that
+//! write instead.
 //!
 //! The window is what a streamed token waits at worst before its write, so it sets the floor of
 //! chunk-to-reader latency: with tokens arriving steadily, 1% of them wait at least 99% of it.
@@ -35,7 +36,7 @@ use crate::store::Blobs;
 /// once a window.
 pub const COALESCE: Duration = Duration::from_millis(30);
 /// How many phases the window is cut into; a job's phase comes from its id.
-pub const PHASES: u32 = 3;
+const PHASES: u32 = 3;
 /// How many writes may be under way at once; give the writer's pool this many connections.
 pub const WRITERS: u32 = 4;
 
