@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{env, eventually, fast_worker};
+use common::{env, eventually, fast_worker, hold_job_row};
 use serde_json::{Value, json};
 use spool::queue::claim;
 use spool::queue::enqueue::enqueue_many;
@@ -400,12 +400,7 @@ async fn a_renewal_skips_a_held_row_and_reports_it_busy_not_lost() {
         .expect("request cancel");
     // A pair that holds no lease (here: no job at all): lost.
     let stranger = (Uuid::new_v4(), Uuid::new_v4());
-    let mut lock = e.svc.pool.begin().await.expect("begin");
-    sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR NO KEY UPDATE")
-        .bind(busy)
-        .execute(&mut *lock)
-        .await
-        .expect("lock");
+    let lock = hold_job_row(&e.svc.pool, busy).await;
     let lease = Duration::from_secs(3600);
     let mut ask = held.clone();
     ask.push(stranger);

@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{env, eventually, fast_worker, reaches_state};
+use common::{env, eventually, fast_worker, hold_job_row, reaches_state};
 use serde_json::{Value, json};
 use spool::events::writer;
 use spool::queue::NewJob;
@@ -103,8 +103,8 @@ async fn bursts_of_emitted_events_all_arrive_in_order_before_the_final_state() {
 }
 
 /// Eight jobs stream deltas every 2 ms for 600 ms. Each job is written at most once per
-/// configured window (so its deltas coalesce into few rows, every one of them kept in order), and the
-/// writes are spread over the window's phases: a statement carries one phase's jobs.
+/// configured window (so its deltas coalesce into few rows, every one of them kept in order),
+/// and the writes are spread over the window's phases: a statement carries one phase's jobs.
 #[tokio::test]
 async fn streaming_jobs_are_written_once_a_window_each_in_statements_spread_over_its_phases() {
     const JOBS: usize = 8;
@@ -255,12 +255,7 @@ async fn a_stuck_event_write_holds_back_no_other_job() {
     let running = reaches_state(&e.svc.pool, held, "running", Duration::from_secs(10)).await;
     assert!(running, "the held job did not start");
     // The lock every event write of `held` needs (its lease fence), taken before its first one.
-    let mut lock = e.svc.pool.begin().await.expect("begin");
-    sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE")
-        .bind(held)
-        .execute(&mut *lock)
-        .await
-        .expect("lock");
+    let lock = hold_job_row(&e.svc.pool, held).await;
     go_a1.notify_one();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let free = e.enqueue_job(&NewJob::new("free", json!({}))).await;

@@ -2,7 +2,7 @@
 //! heartbeat that renews leases and notices cancels, the completer, and background maintenance
 //! (rescue of lapsed leases) that every worker process runs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -319,35 +319,30 @@ async fn renew_all(shared: &Shared) {
         if round > 0 {
             tokio::time::sleep(RENEW_RETRY).await;
         }
-        let found = match claim::renew(&shared.pool, &held, shared.cfg.lease).await {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!(error = %e, "lease renewal failed");
-                break;
-            }
-        };
-        let asked: HashMap<uuid::Uuid, uuid::Uuid> = held.iter().copied().collect();
+        let found: HashMap<uuid::Uuid, Renewal> =
+            match claim::renew(&shared.pool, &held, shared.cfg.lease).await {
+                Ok(found) => found.into_iter().collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease renewal failed");
+                    break;
+                }
+            };
         shared.with_inflight(|m| {
-            for (id, renewal) in &found {
+            for (id, token) in &held {
                 // The job may have finished and been claimed again meanwhile, under a new lease.
-                let Some(f) = m.get(id).filter(|f| asked.get(id) == Some(&f.lease_token)) else {
+                let Some(f) = m.get(id).filter(|f| f.lease_token == *token) else {
                     continue;
                 };
-                match renewal {
-                    Renewal::Lost => f.stop(Stop::LeaseLost),
-                    Renewal::Renewed {
+                match found.get(id) {
+                    Some(Renewal::Lost) => f.stop(Stop::LeaseLost),
+                    Some(Renewal::Renewed {
                         cancel_requested: true,
-                    } => f.stop(Stop::Cancelled),
-                    Renewal::Renewed { .. } | Renewal::Busy => {}
+                    }) => f.stop(Stop::Cancelled),
+                    _ => {}
                 }
             }
         });
-        let busy: HashSet<uuid::Uuid> = found
-            .iter()
-            .filter(|(_, r)| *r == Renewal::Busy)
-            .map(|(id, _)| *id)
-            .collect();
-        held.retain(|(id, _)| busy.contains(id));
+        held.retain(|(id, _)| found.get(id) == Some(&Renewal::Busy));
     }
     if !held.is_empty() {
         tracing::debug!(

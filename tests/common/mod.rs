@@ -241,6 +241,21 @@ pub async fn reaches_state(pool: &sqlx::PgPool, id: Uuid, state: &str, timeout: 
     .is_some()
 }
 
+/// A transaction holding job `id`'s row lock, the lock its event writes, renewals and finish
+/// need; the lock goes when the transaction is dropped or rolled back.
+pub async fn hold_job_row(
+    pool: &sqlx::PgPool,
+    id: Uuid,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .expect("lock the job row");
+    tx
+}
+
 /// Polls `f` until it returns `Some`, for up to `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
 where
